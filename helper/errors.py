@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Raised for user mistakes; entry points print it as a single `error: ...` line and exit 2."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; the run stops and keeps its last good checkpoint."""

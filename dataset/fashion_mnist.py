@@ -1,0 +1,76 @@
+"""Fashion-MNIST as 32x32x3 uint8 images, so every CIFAR model runs on it unchanged (10 classes).
+
+Looked up, in order: `<data_root>/fashion-mnist/`, `<data_root>/` itself, the Debian package's
+/usr/share/datasets/fashion-mnist (`apt-get install dataset-fashion-mnist`); else the four IDX
+files are downloaded into `<data_root>/fashion-mnist/` from torchvision's mirror.
+"""
+import gzip
+import os
+
+import numpy as np
+from torchvision.datasets.utils import download_url
+
+from helper.errors import UserError
+
+FASHION_MNIST_URL = 'http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/'
+DEBIAN_FOLDER = '/usr/share/datasets/fashion-mnist'
+FILES = {  # name -> md5 of the .gz on the mirror
+    'train-images-idx3-ubyte': '8d4fb7e6c68d591d4c3dfef9ec88bf0d',
+    'train-labels-idx1-ubyte': '25c81989df183df01b3e8a0aad5dffbe',
+    't10k-images-idx3-ubyte': 'bef4ecab320f06d8554ea6380940ec79',
+    't10k-labels-idx1-ubyte': 'bb300cfdad3c16e7a12a480ee83cd310',
+}
+# Mean and std of all pixels of the 60000 zero-padded 32x32 training images, scaled to [0, 1]
+# (np.pad(x, 2) / 255 then .mean() / .std(); 0.21900, 0.33181); equal for the 3 replicated channels.
+FASHION_MNIST_MEAN = (0.2190, 0.2190, 0.2190)
+FASHION_MNIST_STD = (0.3318, 0.3318, 0.3318)
+NUM_CLASSES = 10
+_PAD = 2  # 28 + 2 * 2 = 32
+
+
+def load_fashion_mnist(data_root, train):
+    """-> images uint8 [N, 32, 32, 3] (zero-padded, gray replicated), labels int64 [N]; N = 60000 / 10000."""
+    folder = find_fashion_mnist(data_root)
+    split = 'train' if train else 't10k'
+    gray = read_idx(_file_in(folder, f'{split}-images-idx3-ubyte'))  # [N, 28, 28]
+    labels = read_idx(_file_in(folder, f'{split}-labels-idx1-ubyte')).astype(np.int64)
+    padded = np.pad(gray, ((0, 0), (_PAD, _PAD), (_PAD, _PAD)))
+    return np.ascontiguousarray(np.repeat(padded[..., None], 3, axis=3)), labels
+
+
+def find_fashion_mnist(data_root):
+    """First folder holding the four IDX files (.gz or raw); downloads when none does."""
+    candidates = [os.path.join(data_root, 'fashion-mnist'), data_root, DEBIAN_FOLDER]
+    for folder in candidates:
+        if all(_file_in(folder, name) for name in FILES):
+            return folder
+    target = candidates[0]
+    try:
+        for name, md5 in FILES.items():
+            download_url(f'{FASHION_MNIST_URL}{name}.gz', target, md5=md5)
+    except (OSError, RuntimeError) as error:
+        reason = ' '.join(str(error).split()) or type(error).__name__
+        raise UserError(f"Fashion-MNIST IDX files not found in {', '.join(candidates)} and download from "
+                        f'{FASHION_MNIST_URL} failed ({reason}); run `apt-get install dataset-fashion-mnist` '
+                        'or pass --data_root') from error
+    return target
+
+
+def _file_in(folder, name):
+    """Path of `name` or `name.gz` in folder, or None."""
+    for path in (os.path.join(folder, name), os.path.join(folder, name + '.gz')):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def read_idx(path):
+    """IDX file (uint8 payload, optionally gzipped) -> numpy array of the header's shape."""
+    opener = gzip.open if path.endswith('.gz') else open
+    with opener(path, 'rb') as f:
+        raw = f.read()
+    if raw[:3] != b'\x00\x00\x08':
+        raise UserError(f'{path} is not a uint8 IDX file; delete it so it is fetched again')
+    ndim = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], 'big') for i in range(ndim))
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)

@@ -1,0 +1,84 @@
+"""Flags shared by train_teacher.py and train_student.py (RepDistiller's names and defaults)."""
+import os
+import sys
+
+from helper.errors import NonFiniteLossError, UserError
+from helper.logger import setup_console_logging
+from helper.util import parse_decay_epochs, resolve_device
+
+SLOW_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")  # RepDistiller trains these with lr 0.01
+
+
+def add_training_args(parser):
+    """Optimisation, data and bookkeeping flags common to teachers and students."""
+    p = parser
+    p.add_argument("--print_freq", type=int, default=100, help="iterations between progress updates (100)")
+    p.add_argument("--tb_freq", type=int, default=500, help="kept for RepDistiller compatibility; logs are per epoch")
+    p.add_argument("--save_freq", type=int, default=40, help="write ckpt_epoch_<N>.pth every N epochs (40)")
+    p.add_argument("--batch_size", type=int, default=64, help="batch size (64)")
+    p.add_argument("--num_workers", type=int, default=8, help="data loader worker processes (8)")
+    p.add_argument("--epochs", type=int, default=240, help="number of training epochs (240)")
+    p.add_argument("--learning_rate", type=float, default=None,
+                   help="base learning rate (0.05; 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 as in RepDistiller)")
+    p.add_argument("--lr_decay_epochs", type=str, default="150,180,210",
+                   help="epochs after which lr is multiplied by --lr_decay_rate ('150,180,210')")
+    p.add_argument("--lr_decay_rate", type=float, default=0.1, help="step decay factor (0.1)")
+    p.add_argument("--lr_schedule", choices=["step", "cosine"], default="step", help="lr schedule (step)")
+    p.add_argument("--weight_decay", type=float, default=5e-4, help="SGD weight decay (5e-4)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (0.9)")
+    p.add_argument("--dataset", type=str, default="cifar100", help="cifar100 | fashion_mnist | imagenet (cifar100)")
+    p.add_argument("--data_root", type=str, default="./data", help="folder holding the datasets (./data)")
+    p.add_argument("--subset", type=int, default=0,
+                   help="train on the first N training samples only, for smoke tests (0 = all)")
+    p.add_argument("--gpu_loader", action="store_true",
+                   help="keep CIFAR-style data on the device and augment there (cifar100, fashion_mnist)")
+    p.add_argument("-t", "--trial", type=str, default="0", help="trial id, part of the run folder name (0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; epoch e is seeded with seed + e (0)")
+    p.add_argument("--device", type=str, default="auto", help="cpu, cuda, cuda:N or auto (auto)")
+    p.add_argument("--resume", type=str, nargs="?", const="last", default=None,
+                   help="resume from a checkpoint path, or from this run's last checkpoint if no path is given")
+    p.add_argument("--no_progress", action="store_true", default=None, help="hide progress bars")
+    return p
+
+
+def finish_training_args(opt):
+    """Validate and derive fields shared by both scripts (device, decay epochs)."""
+    opt.lr_decay_epochs = parse_decay_epochs(opt.lr_decay_epochs)
+    for name in ("batch_size", "epochs"):
+        if getattr(opt, name) <= 0:
+            raise UserError(f"--{name} must be positive, got {getattr(opt, name)}")
+    if opt.num_workers < 0:
+        raise UserError(f"--num_workers must be >= 0, got {opt.num_workers}")
+    if opt.no_progress is None:
+        opt.no_progress = not sys.stderr.isatty() or None
+    opt.device = resolve_device(opt.device)
+    return opt
+
+
+def apply_default_lr(opt, model_name, log):
+    """Fill an unset --learning_rate: 0.05, or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 (RepDistiller), said when applied."""
+    if opt.learning_rate is not None:
+        return
+    opt.learning_rate = 0.05
+    if model_name in SLOW_LR_MODELS:
+        opt.learning_rate = 0.01
+        log.info("learning rate set to 0.01 for %s (RepDistiller's setting for this network)", model_name)
+
+
+def run_cli(main):
+    """Run `main()`; user mistakes become one `error:` line (exit 2), a NaN loss one line (exit 1)."""
+    setup_console_logging()
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except NonFiniteLossError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def run_folder(*parts):
+    path = os.path.join(*parts)
+    os.makedirs(path, exist_ok=True)
+    return path

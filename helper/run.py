@@ -1,0 +1,117 @@
+"""Epoch orchestration shared by train_teacher.py and train_student.py: lr, train, validate, log, save, resume."""
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from helper.errors import UserError
+from helper.loops import train_epoch, validate
+from helper.util import load_checkpoint, lr_at_epoch, plain_options, save_atomic, set_lr, set_seed
+
+log = logging.getLogger("kd")
+
+
+@dataclass
+class RunState:
+    """What a resumed run needs besides the weights."""
+    start_epoch: int = 1
+    best_acc: float = 0.0
+    best_epoch: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def is_main_process():
+    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
+        or torch.distributed.get_rank() == 0
+
+
+def save_options(opt, folder):
+    """The full options as JSON next to the checkpoints."""
+    if is_main_process():
+        with open(os.path.join(folder, "options.json"), "w") as f:
+            json.dump(plain_options(opt), f, indent=2, sort_keys=True)
+
+
+def build_checkpoint(opt, arch, num_classes, model, optimizer, epoch, accuracy, state, extra):
+    """A self-describing checkpoint: weights, architecture, options and training state, all plain types."""
+    ckpt = {
+        "model": unwrap(model).state_dict(),
+        "arch": arch,
+        "num_classes": num_classes,
+        "dataset": opt.dataset,
+        "epoch": epoch,
+        "accuracy": accuracy,
+        "best_acc": state.best_acc,
+        "best_epoch": state.best_epoch,
+        "optimizer": optimizer.state_dict(),
+        "opt": plain_options(opt),
+    }
+    ckpt.update(extra)
+    return ckpt
+
+
+def unwrap(model):
+    """The module inside DistributedDataParallel / torch.compile wrappers."""
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+def resume(path, arch, model, optimizer, restore_extra=None):
+    """Load weights, optimizer and counters from `path`; returns the RunState to continue from."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("arch") != arch:
+        raise UserError(f"--resume {path} holds a {ckpt.get('arch')!r} model but this run trains {arch!r}")
+    if "optimizer" not in ckpt or "epoch" not in ckpt:
+        raise UserError(f"--resume {path} has no optimizer state/epoch (is it a *_last.pth or ckpt_epoch_N.pth?)")
+    unwrap(model).load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if restore_extra is not None:
+        restore_extra(ckpt)
+    log.info("resumed from %s at epoch %d (best acc %.2f)", path, ckpt["epoch"], ckpt.get("best_acc", 0.0))
+    return RunState(start_epoch=ckpt["epoch"] + 1, best_acc=ckpt.get("best_acc", 0.0),
+                    best_epoch=ckpt.get("best_epoch", 0))
+
+
+def fit(opt, *, arch, num_classes, model, optimizer, loaders, compute, weights, train_modules,
+        eval_modules, folder, logger, state, extra_state=lambda: {}, on_epoch_start=lambda epoch: None,
+        criterion=None, train_sampler=None):
+    """Run epochs state.start_epoch..opt.epochs; write <arch>_best/_last and ckpt_epoch_N checkpoints."""
+    train_loader, val_loader = loaders
+    criterion = criterion or torch.nn.CrossEntropyLoss()
+    stats = {}
+    for epoch in range(state.start_epoch, opt.epochs + 1):
+        set_seed(opt.seed + epoch)
+        for sampler_owner in (train_sampler, train_loader):
+            if hasattr(sampler_owner, "set_epoch"):
+                sampler_owner.set_epoch(epoch)
+        lr = lr_at_epoch(epoch, opt)
+        set_lr(optimizer, lr)
+        on_epoch_start(epoch)
+        stats = train_epoch(epoch, train_loader, compute, optimizer, weights, opt, train_modules, eval_modules)
+        acc1, acc5, val_loss = validate(val_loader, model, criterion, opt)
+        is_best = acc1 > state.best_acc
+        if is_best:
+            state.best_acc, state.best_epoch = acc1, epoch
+        record = {"lr": lr, "train_acc": stats.get("acc1", 0.0), "train_loss": stats["loss"],
+                  "test_acc": acc1, "test_acc_top5": acc5, "test_loss": val_loss, "best_acc": state.best_acc}
+        record.update({f"train_{k}": v for k, v in stats.items() if k.startswith("loss_")})
+        record.update(extra_state().get("scalars", {}))
+        logger.log(epoch, record)
+        log.info("epoch %d  lr %.4g  train loss %.4f acc %.2f  test acc %.2f (top-5 %.2f)  best %.2f",
+                 epoch, lr, stats["loss"], stats.get("acc1", 0.0), acc1, acc5, state.best_acc)
+        if is_main_process():
+            extra = {k: v for k, v in extra_state().items() if k != "scalars"}
+            ckpt = build_checkpoint(opt, arch, num_classes, model, optimizer, epoch, acc1, state, extra)
+            if is_best:
+                save_atomic(ckpt, os.path.join(folder, f"{arch}_best.pth"))
+            if epoch % opt.save_freq == 0:
+                save_atomic(ckpt, os.path.join(folder, f"ckpt_epoch_{epoch}.pth"))
+            save_atomic(ckpt, os.path.join(folder, f"{arch}_last.pth"))
+        stats = record
+    if is_main_process() and stats:
+        with open(os.path.join(folder, "results.json"), "w") as f:
+            json.dump({"best_acc": state.best_acc, "best_epoch": state.best_epoch,
+                       "last_acc": stats["test_acc"], "last_epoch": opt.epochs}, f, indent=2)
+    return stats

@@ -1,0 +1,169 @@
+"""Meters, accuracy, the learning-rate schedule, seeding, and checkpoints that describe themselves."""
+import math
+import os
+import random
+import tempfile
+
+import numpy as np
+import torch
+
+from helper.errors import UserError
+
+
+class AverageMeter:
+    """Running average of a scalar; `update` accepts floats or device tensors without a host sync."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.sum = 0.0
+        self.count = 0
+
+    def update(self, val, n=1):
+        if torch.is_tensor(val):
+            val = val.detach().float()
+        self.sum = self.sum + val * n
+        self.count += n
+
+    @property
+    def avg(self):
+        total = self.sum.item() if torch.is_tensor(self.sum) else self.sum
+        return total / max(self.count, 1)
+
+
+def accuracy(output, target, topk=(1,)):
+    """Top-k accuracies in percent, as tensors on the logits' device. output [B, C], target [B]."""
+    maxk = min(max(topk), output.shape[1])
+    pred = output.topk(maxk, dim=1).indices
+    correct = pred.eq(target.view(-1, 1))
+    batch = target.shape[0]
+    return [correct[:, :min(k, maxk)].any(dim=1).float().sum() * (100.0 / batch) for k in topk]
+
+
+def parse_decay_epochs(text):
+    """'150,180,210' -> [150, 180, 210], with a one-line error naming the flag."""
+    try:
+        return [int(e) for e in str(text).split(",") if e.strip()]
+    except ValueError:
+        raise UserError(f"--lr_decay_epochs must be comma-separated integers, got {text!r}") from None
+
+
+def step_lr(epoch, base_lr, decay_epochs, decay_rate):
+    """RepDistiller's step schedule: lr * rate^(number of milestones strictly below `epoch`, 1-based)."""
+    steps = sum(1 for milestone in decay_epochs if epoch > milestone)
+    return base_lr * (decay_rate ** steps)
+
+
+def cosine_lr(epoch, base_lr, total_epochs, min_lr=0.0):
+    """Cosine annealing evaluated at the start of 1-based `epoch`."""
+    progress = (epoch - 1) / max(total_epochs, 1)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def lr_at_epoch(epoch, opt):
+    """Learning rate for 1-based `epoch` from the options (a pure function of the epoch)."""
+    if getattr(opt, "lr_schedule", "step") == "cosine":
+        return cosine_lr(epoch, opt.learning_rate, opt.epochs)
+    return step_lr(epoch, opt.learning_rate, opt.lr_decay_epochs, opt.lr_decay_rate)
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def set_seed(seed):
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(name):
+    """'auto' -> cuda if available else cpu; otherwise validate the name with a one-line error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device name (use cpu, cuda, cuda:1 or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+def plain_options(opt):
+    """The options as plain JSON types, safe for torch.load(weights_only=True)."""
+    def plain(v):
+        if isinstance(v, (bool, int, float, str)) or v is None:
+            return v
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        return str(v)
+    return {k: plain(v) for k, v in sorted(vars(opt).items())}
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path):
+    """Load a checkpoint file with weights_only=True, with a one-line error if it is missing or unreadable."""
+    if not os.path.isfile(path):
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read checkpoint {path}: {first}") from None
+
+
+def extract_state_dict(ckpt):
+    """The model weights of a RepDistiller-style `{'model': sd}` file, a torchvision file, or a raw state_dict."""
+    if isinstance(ckpt, dict):
+        for key in ("model", "state_dict"):
+            if key in ckpt and isinstance(ckpt[key], dict):
+                ckpt = ckpt[key]
+                break
+    if not isinstance(ckpt, dict) or not all(torch.is_tensor(v) for v in ckpt.values()):
+        raise UserError("checkpoint holds no state_dict (expected {'model': state_dict} or a state_dict)")
+    if ckpt and all(k.startswith("module.") for k in ckpt):
+        ckpt = {k[len("module."):]: v for k, v in ckpt.items()}
+    return ckpt
+
+
+def load_weights(model, state_dict, path, arch):
+    """Load strictly; on mismatch, one line saying which keys are missing, unexpected or mis-shaped."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in own]
+    shaped = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
+    if missing or unexpected or shaped:
+        def few(keys):
+            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys: {few(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
+        if shaped:
+            detail = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in shaped]
+            parts.append(f"{len(shaped)} shape mismatches: {few(detail)}")
+        raise UserError(f"checkpoint {path} does not match architecture {arch}: " + "; ".join(parts))
+    model.load_state_dict(state_dict, strict=True)

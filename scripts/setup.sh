@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up what is missing, idempotently: a virtual environment in .venv with requirements.txt,
+# and Debian's Fashion-MNIST files (the small real dataset for the quickstart and tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup: creating .venv"
+    "$PY" -m venv .venv
+fi
+if ! .venv/bin/python -c "import torch, torchvision, numpy, tqdm, tensorboard, PIL, pytest" 2>/dev/null; then
+    echo "setup: installing requirements.txt into .venv (torch is large: a few minutes)"
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet -r requirements.txt
+fi
+if [ ! -d /usr/share/datasets/fashion-mnist ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        echo "setup: installing Debian's dataset-fashion-mnist"
+        apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    else
+        echo "setup: Fashion-MNIST missing; run 'sudo apt-get install dataset-fashion-mnist' (or put its IDX files in ./data/fashion-mnist)" >&2
+    fi
+fi
