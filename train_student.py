@@ -17,7 +17,7 @@ from helper.errors import UserError
 from helper.logger import RunLogger
 from helper.loops import cross_entropy, forward_model, train_epoch, validate
 from helper.options import add_training_args, apply_default_lr, finish_training_args, run_cli
-from helper.run import RunState, fit, is_main_process, resume, save_options, unwrap
+from helper.run import RunState, fit, is_main_process, resume, save_options, seed_epoch, unwrap
 from helper.util import extract_state_dict, load_checkpoint, load_weights, save_atomic, set_seed
 from models import build_model, model_dict
 from train_teacher import check_input_size
@@ -147,7 +147,7 @@ def run_init_stage(opt, distiller, student, teacher, loader, folder, logger):
         return None, {"init": distiller.init_loss(out_s, out_t, batch)}
 
     for epoch in range(1, opt.init_epochs + 1):
-        set_seed(opt.seed - epoch)
+        seed_epoch(opt.seed - epoch, epoch, loader)
         stats = train_epoch(epoch, loader, compute, optimizer, lambda e, it: {"init": 1.0}, opt,
                             train_modules=[modules], eval_modules=[student, teacher], desc="init")
         logger.log(epoch, {"init_loss": stats["loss"]}, kind="init")

@@ -37,7 +37,7 @@ class ABDistiller(Distiller):
     """AB as RepDistiller runs it: the init stage trains a Connector and the student's feature modules on ABLoss
     over the pre-ReLU stage outputs; distillation then adds no term of its own (only CE and KD).
 
-    RepDistiller keeps the Connector out of the main optimizer (and in eval mode, unused); `on_init_end` freezes it.
+    RepDistiller keeps the Connector out of the main optimizer (and in eval mode, unused): `param_groups` is empty.
     """
 
     needs = Needs(feats=True, preact=True, init_stage=True)
@@ -52,11 +52,11 @@ class ABDistiller(Distiller):
     def loss(self, out_s, out_t, batch):
         return {}
 
+    def param_groups(self, opt):
+        return []
+
     def init_modules(self, student):
         return [self.connector, student.get_feat_modules()]
 
     def init_loss(self, out_s, out_t, batch):
         return sum(self.criterion(self.connector(out_s.stage_feats), out_t.stage_feats))
-
-    def on_init_end(self):
-        self.connector.requires_grad_(False)

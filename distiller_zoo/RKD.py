@@ -45,8 +45,7 @@ class RKDLoss(nn.Module):
         res = (e_square.unsqueeze(1) + e_square.unsqueeze(0) - 2 * prod).clamp(min=eps)
         if not squared:
             res = res.sqrt()
-        off_diagonal = ~torch.eye(len(e), dtype=torch.bool, device=e.device)
-        return res * off_diagonal
+        return res.masked_fill(torch.eye(len(e), dtype=torch.bool, device=e.device), 0)
 
 
 @register_distiller("rkd")

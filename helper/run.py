@@ -74,6 +74,17 @@ def resume(path, arch, model, optimizer, restore_extra=None):
                     best_epoch=ckpt.get("best_epoch", 0))
 
 
+def seed_epoch(seed, epoch, loader, sampler=None):
+    """Make epoch `epoch` a pure function of the seed, so a resumed run replays it exactly."""
+    set_seed(seed)
+    generator = getattr(loader, "generator", None)
+    if generator is not None:
+        generator.manual_seed(seed)
+    for owner in (sampler, loader):
+        if hasattr(owner, "set_epoch"):
+            owner.set_epoch(epoch)
+
+
 def fit(opt, *, arch, num_classes, model, optimizer, loaders, compute, weights, train_modules,
         eval_modules, folder, logger, state, extra_state=lambda: {}, on_epoch_start=lambda epoch: None,
         criterion=None, train_sampler=None):
@@ -82,10 +93,7 @@ def fit(opt, *, arch, num_classes, model, optimizer, loaders, compute, weights, 
     criterion = criterion or torch.nn.CrossEntropyLoss()
     stats = {}
     for epoch in range(state.start_epoch, opt.epochs + 1):
-        set_seed(opt.seed + epoch)
-        for sampler_owner in (train_sampler, train_loader):
-            if hasattr(sampler_owner, "set_epoch"):
-                sampler_owner.set_epoch(epoch)
+        seed_epoch(opt.seed + epoch, epoch, train_loader, train_sampler)
         lr = lr_at_epoch(epoch, opt)
         set_lr(optimizer, lr)
         on_epoch_start(epoch)

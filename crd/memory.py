@@ -1,0 +1,165 @@
+"""Memory banks of Tian, Krishnan, Isola, "Contrastive Representation Distillation", ICLR 2020.
+
+Each bank holds one L2-normalised embedding per training sample ([N, D]). A batch scores its
+anchors against K+1 rows per sample (the positive first), then moves the positive rows toward
+the batch embeddings (momentum update + L2 renormalisation).
+
+The peer's form copies the sampled rows to [B, K+1, D] ("gather"). Two exact forms avoid that copy:
+"dense" scores every row with one GEMM ([B, N]) and reads the sampled entries; "sparse" gathers in
+bounded column blocks. Both take the gradient w.r.t. the anchors with `embedding_bag` (weighted row
+sums, no [B, K+1, D] copy) from the rows as they were before the update, as the peer's copy does.
+"""
+import math
+
+import torch
+from torch import nn
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
+
+from helper.errors import UserError
+
+SCORE_PATHS = ("auto", "gather", "dense", "sparse")
+GATHER_BLOCK_ELEMENTS = 1 << 22  # rows x dims copied at once by the "sparse" path (16 MiB in float32)
+
+
+def uniform_memory(n_rows, dim):
+    """Initial bank [n_rows, dim], uniform in [-stdv, stdv] with stdv = 1/sqrt(dim/3), as the peer draws it."""
+    stdv = 1. / math.sqrt(dim / 3)
+    return torch.rand(n_rows, dim).mul_(2 * stdv).add_(-stdv)
+
+
+def sample_contrast_indices(y, n_rows, K):
+    """Uniform row indices [B, K+1] on y's device with the positives y [B] in column 0."""
+    idx = torch.randint(n_rows, (y.shape[0], K + 1), device=y.device)
+    idx[:, 0] = y
+    return idx
+
+
+def choose_score_path(n_rows, width, dim):
+    """'dense' when the [B, N] score matrix is at most half the size of the [B, K+1, D] copy, else 'sparse'.
+
+    The GEMM does N/(K+1) times the multiply-adds of the copy but runs far faster per multiply-add; on CPU
+    (benchmarks/crd_memory_bench.py) this size rule also picked the faster form at N = 50k and 1.28M.
+    """
+    return "dense" if 2 * n_rows <= width * dim else "sparse"
+
+
+def gather_scores(memory, anchor, idx):
+    """The peer's form: rows memory[idx] copied to [B, K+1, D], bmm with anchor [B, D] -> [B, K+1]."""
+    batch_size, width = idx.shape
+    rows = memory.index_select(0, idx.reshape(-1)).view(batch_size, width, -1)
+    return torch.bmm(rows, anchor.unsqueeze(2)).squeeze(2)
+
+
+def dense_scores(memory, anchor, idx):
+    """anchor [B, D] against every row of memory [N, D] in one GEMM, read at idx [B, K+1] -> [B, K+1]."""
+    return (anchor @ memory.T).gather(1, idx)
+
+
+def blockwise_gather_scores(memory, anchor, idx):
+    """gather_scores over column blocks of idx, copying at most GATHER_BLOCK_ELEMENTS values at once -> [B, K+1]."""
+    columns = max(1, GATHER_BLOCK_ELEMENTS // (idx.shape[0] * memory.shape[1]))
+    return torch.cat([gather_scores(memory, anchor, block) for block in idx.split(columns, dim=1)], dim=1)
+
+
+@torch.no_grad()
+def momentum_update_(memory, y, value, momentum):
+    """memory[y] <- L2-normalise(momentum * memory[y] + (1 - momentum) * value), in place; y [B], value [B, D]."""
+    rows = memory.index_select(0, y).mul_(momentum).add_(value * (1 - momentum))
+    memory.index_copy_(0, y, rows.div_(rows.pow(2).sum(1, keepdim=True).sqrt()))
+
+
+class _ScoresThenUpdate(torch.autograd.Function):
+    """Scores [B, K+1] of anchor [B, D] against memory rows idx, then the momentum update of memory[y].
+
+    Backward: grad_anchor[b] = sum_k grad[b, k] * memory_before_update[idx[b, k]], as weighted row sums
+    (embedding_bag) over the current bank plus, for the entries that hit an updated row, the change
+    (row before - row after) of that row. Autograd's version check refuses a backward after the bank
+    changed again (e.g. a second forward before this backward).
+    """
+
+    @staticmethod
+    def forward(ctx, anchor, memory, idx, y, value, momentum, score_fn):
+        scores = score_fn(memory, anchor, idx)
+        rows_before = memory.index_select(0, y)
+        momentum_update_(memory, y, value, momentum)
+        change = torch.cat([rows_before - memory.index_select(0, y), rows_before.new_zeros(1, rows_before.shape[1])])
+        ctx.save_for_backward(memory, idx, y, change)
+        return scores
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_scores):
+        memory, idx, y, change = ctx.saved_tensors
+        slot = torch.full((memory.shape[0],), y.shape[0], dtype=torch.long, device=idx.device)
+        slot[y] = torch.arange(y.shape[0], device=idx.device)  # row -> its entry in `change`; others -> zero row
+        grad_anchor = F.embedding_bag(idx, memory, per_sample_weights=grad_scores, mode="sum")
+        grad_anchor += F.embedding_bag(slot[idx], change, per_sample_weights=grad_scores, mode="sum")
+        return grad_anchor, None, None, None, None, None, None
+
+
+class ContrastMemory(nn.Module):
+    """Two memory banks [outputSize, inputSize] of CRD (Tian, Krishnan, Isola, ICLR 2020), K negatives per positive."""
+
+    def __init__(self, inputSize, outputSize, K, T=0.07, momentum=0.5, score_path="auto"):
+        super().__init__()
+        check_memory_args(inputSize, outputSize, K, T, momentum, score_path)
+        self.K, self.T, self.momentum, self.score_path = K, T, momentum, score_path
+        self.register_buffer("params", torch.tensor([K, T, -1, -1, momentum]))
+        self.register_buffer("memory_v1", uniform_memory(outputSize, inputSize))
+        self.register_buffer("memory_v2", uniform_memory(outputSize, inputSize))
+
+    def forward(self, v1, v2, y, idx=None):
+        """v1, v2: embeddings [B, D] (student, teacher); y: dataset indices [B]; idx: [B, K+1], positive first.
+
+        Returns (out_v1, out_v2), each [B, K+1, 1]: exp(<v1, memory_v2[idx]>/T) / Z_v1 and
+        exp(<v2, memory_v1[idx]>/T) / Z_v2, then memory_v1[y] moves toward v1 and memory_v2[y] toward v2.
+        """
+        if idx is None:
+            idx = sample_contrast_indices(y, self.memory_v1.shape[0], self.K)
+        path = self.resolve_path(idx.shape[1])
+        with torch.autocast(v1.device.type, enabled=False):
+            v1, v2 = v1.to(self.memory_v1.dtype), v2.to(self.memory_v2.dtype)
+            exp_v2 = torch.exp(self.scores_then_update(self.memory_v1, v2, idx, y, v1, path) / self.T)
+            exp_v1 = torch.exp(self.scores_then_update(self.memory_v2, v1, idx, y, v2, path) / self.T)
+            z = self.normalisers(exp_v1, exp_v2)
+            return (exp_v1 / z[0]).unsqueeze(2), (exp_v2 / z[1]).unsqueeze(2)
+
+    def resolve_path(self, width):
+        """The score form for idx of `width` = K+1 columns: self.score_path, or chosen by size when 'auto'."""
+        if self.score_path != "auto":
+            return self.score_path
+        return choose_score_path(self.memory_v1.shape[0], width, self.memory_v1.shape[1])
+
+    def scores_then_update(self, memory, anchor, idx, y, value, path):
+        """Scores [B, K+1] of anchor [B, D] against memory rows idx before the update, then memory[y] toward value."""
+        value = value.detach()
+        if path == "gather":
+            scores = gather_scores(memory, anchor, idx)
+            momentum_update_(memory, y, value, self.momentum)
+            return scores
+        score_fn = dense_scores if path == "dense" else blockwise_gather_scores
+        return _ScoresThenUpdate.apply(anchor, memory, idx, y, value, self.momentum, score_fn)
+
+    def normalisers(self, exp_v1, exp_v2):
+        """[Z_v1, Z_v2]: mean(exp) * N on the first batch, then fixed; kept in params[2:4] without a host sync."""
+        with torch.no_grad():
+            first_batch = torch.stack([exp_v1.mean(), exp_v2.mean()]) * self.memory_v1.shape[0]
+            self.params[2:4] = torch.where(self.params[2:4] < 0, first_batch, self.params[2:4])
+        return self.params[2:4].clone()
+
+
+def check_memory_args(inputSize, outputSize, K, T, momentum, score_path="auto"):
+    """One-line UserError for a memory that cannot work."""
+    if inputSize < 1:
+        raise UserError(f"--feat_dim must be >= 1, got {inputSize}")
+    if outputSize < 1:
+        raise UserError(f"the CRD memory needs a non-empty training set, got n_data={outputSize}")
+    if K < 1:
+        raise UserError(f"--nce_k must be >= 1, got {K}")
+    if not T > 0:
+        raise UserError(f"--nce_t must be > 0, got {T}")
+    if not 0 <= momentum <= 1:
+        raise UserError(f"--nce_m must be in [0, 1], got {momentum}")
+    if score_path not in SCORE_PATHS:
+        raise UserError(f"unknown CRD score path {score_path!r}; choose one of: {', '.join(SCORE_PATHS)}")

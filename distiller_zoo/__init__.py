@@ -1,0 +1,18 @@
+"""Every distillation method, one file each; importing a file registers its `--distill` name."""
+from .base import Distiller, Needs, distiller_registry, get_distiller_class, register_distiller  # noqa: F401
+from .KD import DistillKL  # noqa: F401
+from .FitNet import HintLoss  # noqa: F401
+from .AT import Attention  # noqa: F401
+from .SP import Similarity  # noqa: F401
+from .CC import Correlation  # noqa: F401
+from .VID import VIDLoss  # noqa: F401
+from .RKD import RKDLoss  # noqa: F401
+from .PKT import PKT  # noqa: F401
+from .AB import ABLoss  # noqa: F401
+from .FT import FactorTransfer  # noqa: F401
+from .FSP import FSP  # noqa: F401
+from .NST import NSTLoss  # noqa: F401
+from .KDSVD import KDSVD  # noqa: F401
+from .IRG import IRGLoss  # noqa: F401
+from .HKD import HKDLoss  # noqa: F401
+from .CRD import CRDDistiller  # noqa: F401

@@ -1,0 +1,276 @@
+"""Classic losses (KD, FitNet, AT, SP, CC, VID, RKD, PKT, NST, KDSVD), their adapters and models/util helpers."""
+import argparse
+import inspect
+import json
+import os
+
+import pytest
+import torch
+
+from distiller_zoo.AT import Attention
+from distiller_zoo.base import ModelOutput, ProbeShapes, get_distiller_class
+from distiller_zoo.CC import Correlation
+from distiller_zoo.FitNet import HintLoss
+from distiller_zoo.KD import DistillKL
+from distiller_zoo.KDSVD import KDSVD
+from distiller_zoo.NST import NSTLoss
+from distiller_zoo.PKT import PKT
+from distiller_zoo.RKD import RKDLoss
+from distiller_zoo.SP import Similarity
+from distiller_zoo.VID import VIDLoss
+from helper.errors import UserError
+from models.util import (ConnectorV2, Connector, ConvReg, Embed, LinearEmbed, MLPEmbed, Normalize, Paraphraser,
+                         PoolEmbed, Regress, Translator)
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "classic1_golden.json")
+with open(GOLDEN) as _f:
+    CASES = json.load(_f)
+
+LOSSES = {cls.__name__: cls for cls in
+          (DistillKL, HintLoss, Attention, Similarity, Correlation, VIDLoss, RKDLoss, PKT, NSTLoss, KDSVD)}
+
+
+def decode(x):
+    """JSON tensors ({"shape", "data"}) back to float64 tensors; lists stay lists, scalars stay scalars."""
+    if isinstance(x, list):
+        return [decode(t) for t in x]
+    if isinstance(x, dict):
+        return torch.tensor(x["data"], dtype=torch.float64).reshape(x["shape"])
+    return x
+
+
+def with_grad(x):
+    if isinstance(x, list):
+        return [with_grad(t) for t in x]
+    return x.clone().requires_grad_(True) if torch.is_tensor(x) else x
+
+
+def grad_or_zero(x):
+    if isinstance(x, list):
+        return [grad_or_zero(t) for t in x]
+    return x.grad if x.grad is not None else torch.zeros_like(x)
+
+
+def assert_close(actual, expected):
+    if isinstance(expected, list):
+        assert len(actual) == len(expected)
+        for a, e in zip(actual, expected):
+            assert_close(a, e)
+        return
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12)
+
+
+def run_golden_case(case):
+    module = LOSSES[case["loss"]](**case["init"]).double()
+    if "params" in case:
+        module.load_state_dict({name: decode(t) for name, t in case["params"].items()})
+    inputs = {name: with_grad(decode(x)) for name, x in case["inputs"].items()}
+    value = module(**inputs)
+    total = sum(value) if isinstance(value, list) else value
+    total.sum().backward()
+    return module, inputs, value
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_loss_value_and_input_gradients_match_the_reference_formula(name):
+    case = CASES[name]
+    module, inputs, value = run_golden_case(case)
+    assert_close(value, decode(case["value"]))
+    for input_name, expected in case["grads"].items():
+        assert_close(grad_or_zero(inputs[input_name]), decode(expected))
+    for param_name, expected in case.get("param_grads", {}).items():
+        assert_close(dict(module.named_parameters())[param_name].grad, decode(expected))
+
+
+PEER_SIGNATURES = {
+    DistillKL: (["T"], ["y_s", "y_t", "temp"]),
+    HintLoss: ([], ["f_s", "f_t"]),
+    Attention: (["p"], ["g_s", "g_t"]),
+    Similarity: ([], ["g_s", "g_t"]),
+    Correlation: ([], ["f_s", "f_t"]),
+    VIDLoss: (["num_input_channels", "num_mid_channel", "num_target_channels", "init_pred_var", "eps"],
+              ["input", "target"]),
+    RKDLoss: (["w_d", "w_a"], ["f_s", "f_t"]),
+    PKT: ([], ["f_s", "f_t"]),
+    NSTLoss: ([], ["g_s", "g_t"]),
+    KDSVD: (["k"], ["g_s", "g_t"]),
+    ConvReg: (["s_shape", "t_shape", "use_relu"], ["x"]),
+    Regress: (["dim_in", "dim_out"], ["x"]),
+    Embed: (["dim_in", "dim_out"], ["x"]),
+    LinearEmbed: (["dim_in", "dim_out"], ["x"]),
+    MLPEmbed: (["dim_in", "dim_out"], ["x"]),
+    Normalize: (["power"], ["x"]),
+    PoolEmbed: (["layer", "dim_out", "pool_type"], ["x"]),
+    Connector: (["s_shapes", "t_shapes"], ["g_s"]),
+    ConnectorV2: (["s_shapes", "t_shapes"], ["g_s"]),
+    Paraphraser: (["t_shape", "k", "use_bn"], ["f_s", "is_factor"]),
+    Translator: (["s_shape", "t_shape", "k", "use_bn"], ["f_s"]),
+}
+
+PEER_DEFAULTS = {
+    Attention: {"p": 2}, VIDLoss: {"init_pred_var": 5.0, "eps": 1e-5}, RKDLoss: {"w_d": 25, "w_a": 50},
+    KDSVD: {"k": 1}, ConvReg: {"use_relu": True}, Regress: {"dim_in": 1024, "dim_out": 1024},
+    Embed: {"dim_in": 1024, "dim_out": 128}, LinearEmbed: {"dim_in": 1024, "dim_out": 128},
+    MLPEmbed: {"dim_in": 1024, "dim_out": 128}, Normalize: {"power": 2},
+    PoolEmbed: {"layer": 0, "dim_out": 128, "pool_type": "avg"}, Paraphraser: {"k": 0.5, "use_bn": False},
+    Translator: {"k": 0.5, "use_bn": True},
+}
+
+
+@pytest.mark.parametrize("cls", list(PEER_SIGNATURES), ids=lambda c: c.__name__)
+def test_constructor_and_forward_keep_repdistillers_signatures(cls):
+    init_names, forward_names = PEER_SIGNATURES[cls]
+    own_init = cls.__init__ is not torch.nn.Module.__init__
+    init = inspect.signature(cls.__init__).parameters if own_init else {}
+    assert list(init)[1:] == init_names
+    assert list(inspect.signature(cls.forward).parameters)[1:] == forward_names
+    defaults = {n: p.default for n, p in init.items() if p.default is not inspect.Parameter.empty}
+    assert defaults == PEER_DEFAULTS.get(cls, {})
+    if cls is DistillKL:
+        assert inspect.signature(cls.forward).parameters["temp"].default is None
+
+
+def test_per_sample_temperature_equal_across_the_batch_matches_the_global_temperature():
+    y_s, y_t = torch.randn(5, 10, dtype=torch.float64), torch.randn(5, 10, dtype=torch.float64)
+    kd = DistillKL(4)
+    per_sample = kd(y_s, y_t, torch.full((5, 1), 2.0, dtype=torch.float64))
+    torch.testing.assert_close(per_sample, kd(y_s, y_t, 2.0))
+    torch.testing.assert_close(kd(y_s, y_t), kd(y_s, y_t, 4.0))
+
+
+def test_vid_initial_variance_is_init_pred_var():
+    vid = VIDLoss(3, 4, 5, init_pred_var=2.0, eps=1e-5)
+    variance = torch.nn.functional.softplus(vid.log_scale.double()) + 1e-5
+    torch.testing.assert_close(variance, torch.full((5,), 2.0, dtype=torch.float64), rtol=1e-6, atol=0)
+
+
+def test_kdsvd_rejects_non_spatial_features():
+    with pytest.raises(ValueError):
+        KDSVD()([torch.randn(2, 4)], [torch.randn(2, 4)])
+
+
+# ---- models/util -------------------------------------------------------------------------------------------------
+
+def test_conv_reg_maps_student_maps_onto_teacher_shape_in_each_supported_case():
+    for s_hw, t_hw in [(32, 16), (8, 16), (10, 8), (8, 8)]:
+        reg = ConvReg((2, 16, s_hw, s_hw), (2, 32, t_hw, t_hw))
+        assert reg(torch.randn(2, 16, s_hw, s_hw)).shape == (2, 32, t_hw, t_hw)
+
+
+def test_conv_reg_rejects_unsupported_sizes_with_a_hint_layer_message():
+    with pytest.raises(UserError, match="--hint_layer"):
+        ConvReg((2, 16, 8, 8), (2, 32, 32, 32))
+    with pytest.raises(UserError, match="--hint_layer"):
+        ConvReg((2, 64), (2, 128))
+
+
+def test_helper_modules_keep_repdistillers_state_dict_keys():
+    def keys(module):
+        return [k for k in module.state_dict() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+
+    conv_keys = lambda prefix, idx: [f"{prefix}.{i}.{w}" for i in idx for w in ("weight", "bias")]
+    assert keys(Paraphraser((2, 8, 4, 4))) == conv_keys("encoder", (0, 3, 6)) + conv_keys("decoder", (0, 3, 6))
+    assert keys(Translator((2, 4, 4, 4), (2, 8, 4, 4))) == conv_keys("encoder", (0, 1, 3, 4, 6, 7))
+    assert keys(Connector([(2, 8, 4, 4), (2, 4, 4, 4)], [(2, 8, 4, 4), (2, 8, 4, 4)])) == [
+        "connectors.1.conv.weight", "connectors.1.conv.bias", "connectors.1.bn.weight", "connectors.1.bn.bias"]
+    assert keys(ConnectorV2([(2, 4, 4, 4)], [(2, 8, 4, 4)])) == [
+        "connectors.0.0.weight", "connectors.0.1.weight", "connectors.0.1.bias"]
+    assert keys(MLPEmbed(8, 4)) == ["linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias"]
+    assert keys(PoolEmbed(3)) == ["embed.Linear.weight", "embed.Linear.bias"]
+    assert keys(Embed(8, 4)) == keys(LinearEmbed(8, 4)) == keys(Regress(8, 4)) == ["linear.weight", "linear.bias"]
+
+
+def test_embed_outputs_unit_rows_and_paraphraser_reconstructs_the_input_shape():
+    assert torch.allclose(Embed(8, 4)(torch.randn(3, 8)).norm(dim=1), torch.ones(3))
+    factor, rec = Paraphraser((2, 8, 4, 4))(torch.randn(2, 8, 4, 4))
+    assert factor.shape == (2, 4, 4, 4) and rec.shape == (2, 8, 4, 4)
+
+
+def test_connectors_reject_unequal_numbers_of_stages():
+    with pytest.raises(UserError):
+        Connector([(2, 8, 4, 4)], [(2, 8, 4, 4), (2, 8, 4, 4)])
+    with pytest.raises(UserError):
+        ConnectorV2([(2, 8, 4, 4)], [])
+
+
+# ---- adapters ------------------------------------------------------------------------------------------------------
+
+def fake_feats(batch, channels, sizes, pooled_dim, grad=False):
+    """[stem, stage1..n, pooled] as `model(x, is_feat=True)` returns them."""
+    feats = [torch.randn(batch, c, s, s) for c, s in zip(channels, sizes)] + [torch.randn(batch, pooled_dim)]
+    return [f.requires_grad_(grad) for f in feats]
+
+
+STUDENT = ([16, 16, 32, 64], [32, 32, 16, 8], 64)
+TEACHER = ([32, 32, 64, 128], [32, 32, 16, 8], 128)
+SAME_CHANNEL_TEACHER = ([16, 16, 32, 64], [32, 32, 16, 8], 64)
+
+
+def make_opt(**overrides):
+    opt = dict(kd_T=4, feat_dim=16, hint_layer=2, mode="exact", nce_k=16, nce_t=0.07, nce_m=0.5, init_epochs=30)
+    opt.update(overrides)
+    return argparse.Namespace(**opt)
+
+
+def make_probe(student=STUDENT, teacher=TEACHER):
+    return ProbeShapes(feat_s=fake_feats(2, *student), feat_t=fake_feats(2, *teacher),
+                       logit_s=torch.randn(2, 10), logit_t=torch.randn(2, 10), n_data=100, num_classes=10)
+
+
+def build(name, student=STUDENT, teacher=TEACHER, **opt):
+    return get_distiller_class(name)(make_opt(**opt), make_probe(student, teacher), torch.nn.Identity(),
+                                     torch.nn.Identity())
+
+
+# Which of [stem, stage1, stage2, stage3, pooled] each method reads.
+USED_FEATURES = {"hint": [2], "attention": [1, 2, 3], "nst": [1, 2, 3], "vid": [1, 2, 3], "kdsvd": [1, 2, 3],
+                 "similarity": [3], "correlation": [4], "rkd": [4], "pkt": [4]}
+
+
+@pytest.mark.parametrize("name", sorted(USED_FEATURES))
+def test_adapter_loss_is_finite_and_trains_student_features_and_own_modules(name):
+    torch.manual_seed(0)
+    teacher = SAME_CHANNEL_TEACHER if name == "kdsvd" else TEACHER
+    distiller = build(name, teacher=teacher)
+    assert distiller.needs.feats and not distiller.needs.preact
+    feat_s = fake_feats(4, *STUDENT, grad=True)
+    out_s = ModelOutput(torch.randn(4, 10), feat_s)
+    out_t = ModelOutput(torch.randn(4, 10), fake_feats(4, *teacher))
+    terms = distiller.loss(out_s, out_t, batch=None)
+    assert list(terms) == [name] and terms[name].dim() == 0 and torch.isfinite(terms[name])
+    terms[name].backward()
+    for i, f in enumerate(feat_s):
+        reached = f.grad is not None and f.grad.abs().sum() > 0
+        assert reached == (i in USED_FEATURES[name]), f"feature {i}"
+    for param_name, p in distiller.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, param_name
+
+
+def test_trainable_modules_are_those_repdistiller_optimises():
+    assert sum(p.numel() for p in build("hint").parameters()) > 0
+    assert {n.split(".")[0] for n, _ in build("correlation").named_parameters()} == {"embed_s", "embed_t"}
+    assert len(build("vid").criterion) == 3
+    for name in ("attention", "similarity", "rkd", "pkt", "nst"):
+        assert not list(build(name).parameters()), name
+    assert not list(build("kdsvd", teacher=SAME_CHANNEL_TEACHER).parameters())
+
+
+def test_kd_adapter_adds_no_term_and_needs_no_features():
+    distiller = build("kd")
+    assert not distiller.needs.feats
+    assert distiller.loss(ModelOutput(torch.randn(2, 10)), ModelOutput(torch.randn(2, 10)), None) == {}
+
+
+def test_hint_regresses_onto_the_teacher_layer_chosen_by_hint_layer():
+    distiller = build("hint", hint_layer=3)
+    assert distiller.regress_s.conv.out_channels == TEACHER[0][3]
+
+
+def test_incompatible_architectures_fail_at_construction():
+    with pytest.raises(UserError, match="--hint_layer"):
+        build("hint", hint_layer=4)
+    with pytest.raises(UserError, match="--hint_layer"):
+        build("hint", teacher=([32, 32, 64, 128], [32, 32, 32, 8], 128), student=([16, 16, 32, 64], [32, 32, 8, 8], 64))
+    with pytest.raises(UserError, match="kdsvd"):
+        build("kdsvd")

@@ -1,0 +1,62 @@
+"""train_teacher.py end to end on real Fashion-MNIST images (a subset, CPU)."""
+import json
+import os
+
+import pytest
+import torch
+
+import train_teacher
+from helper.errors import UserError
+
+FMNIST = "/usr/share/datasets/fashion-mnist"
+needs_fmnist = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="apt-get install dataset-fashion-mnist")
+
+
+def teacher_args(tmp_path, *extra):
+    return ["--dataset", "fashion_mnist", "--model", "resnet8", "--subset", "3000", "--batch_size", "64",
+            "--num_workers", "0", "--device", "cpu", "--lr_decay_epochs", "100", "--save_freq", "1",
+            "--model_path", str(tmp_path / "models"), "--tb_path", str(tmp_path / "tb"), "--seed", "1", *extra]
+
+
+def run_folder(tmp_path):
+    return tmp_path / "models" / "resnet8_fashion_mnist_lr_0.05_decay_0.0005_trial_0"
+
+
+@needs_fmnist
+def test_teacher_learns_writes_checkpoints_and_resumes_exactly(tmp_path):
+    state = train_teacher.main(teacher_args(tmp_path, "--epochs", "3"))
+    assert state.best_acc > 40.0  # chance is 10%
+    folder = run_folder(tmp_path)
+    for name in ("resnet8_best.pth", "resnet8_last.pth", "ckpt_epoch_1.pth", "ckpt_epoch_3.pth",
+                 "options.json", "log.jsonl", "results.json"):
+        assert (folder / name).is_file(), name
+    assert not [f for f in os.listdir(folder) if f.startswith(".tmp")]
+    last = torch.load(folder / "resnet8_last.pth", weights_only=True)
+    assert last["arch"] == "resnet8" and last["num_classes"] == 10 and last["epoch"] == 3
+    assert last["opt"]["learning_rate"] == 0.05 and last["opt"]["lr_decay_epochs"] == [100]
+    assert last["optimizer"]["state"], "momentum buffers are saved"
+
+    # An uninterrupted 4-epoch run and a 3-epoch run resumed for a 4th end with the same weights.
+    train_teacher.main(teacher_args(tmp_path, "--epochs", "4", "--resume"))
+    resumed = torch.load(folder / "resnet8_last.pth", weights_only=True)
+    epochs = [json.loads(line)["step"] for line in open(folder / "log.jsonl")]
+    assert epochs == [1, 2, 3, 4]
+    fresh_root = tmp_path / "fresh"
+    train_teacher.main(teacher_args(fresh_root, "--epochs", "4"))
+    fresh = torch.load(run_folder(fresh_root) / "resnet8_last.pth", weights_only=True)
+    assert resumed["epoch"] == fresh["epoch"] == 4
+    for key, value in fresh["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, msg=key)
+
+
+def test_unknown_model_is_a_one_line_error(tmp_path):
+    with pytest.raises(UserError, match="unknown --model 'resnet9'"):
+        train_teacher.main(teacher_args(tmp_path, "--model", "resnet9"))
+
+
+@needs_fmnist
+def test_resume_from_a_checkpoint_of_another_architecture_fails_clearly(tmp_path):
+    train_teacher.main(teacher_args(tmp_path, "--epochs", "1", "--subset", "256"))
+    other = str(run_folder(tmp_path) / "resnet8_last.pth")
+    with pytest.raises(UserError, match="holds a 'resnet8' model but this run trains 'resnet14'"):
+        train_teacher.main(teacher_args(tmp_path, "--model", "resnet14", "--epochs", "2", "--resume", other))
