@@ -30,7 +30,7 @@ RECIPE_WEIGHTS = {
     "similarity": (1.0, 0.0, 3000.0), "correlation": (1.0, 0.0, 0.02), "vid": (1.0, 0.0, 1.0),
     "rkd": (1.0, 0.0, 1.0), "pkt": (1.0, 0.0, 30000.0), "abound": (1.0, 0.0, 1.0), "factor": (1.0, 0.0, 200.0),
     "fsp": (1.0, 0.0, 50.0), "nst": (1.0, 0.0, 50.0), "kdsvd": (1.0, 0.0, 1.0), "crd": (1.0, 0.0, 0.8),
-    "irg": (1.0, 1.0, 1.0), "hkd": (1.0, 1.0, 1.0),
+    "irg": (1.0, 1.0, 0.005), "hkd": (1.0, 1.0, 1.0),
 }
 
 
@@ -38,7 +38,7 @@ def parse_option(argv=None):
     parser = argparse.ArgumentParser(description="Distil a student network from a trained teacher.")
     add_training_args(parser)
     p = parser.add_argument_group("distillation")
-    p.add_argument("--path_t", type=str, default=None, help="teacher checkpoint ({'model': state_dict} file)")
+    p.add_argument("--path_t", "--path-t", dest="path_t", type=str, default=None, help="teacher checkpoint ({'model': state_dict} file)")
     p.add_argument("--model_s", type=str, default="resnet8", help="student network name (resnet8)")
     p.add_argument("--distill", type=str, default="kd", help="method: " + ", ".join(sorted(distiller_registry)))
     p.add_argument("-r", "--gamma", type=float, default=None, help="weight of the classification loss")
@@ -133,10 +133,26 @@ class TermWeights:
         return self.fixed.get(name, self.beta)
 
 
+def distill_step(student, teacher, distiller, criterion_div, weights):
+    """The per-batch computation of the main stage: (student logits, named loss terms)."""
+    needs = distiller.needs
+
+    def compute(batch):
+        out_s = forward_model(student, batch.images, needs)
+        with torch.no_grad():
+            out_t = forward_model(teacher, batch.images, needs)
+        terms = {"cls": cross_entropy(out_s.logits, batch.targets)}
+        if weights["div"] != 0:
+            terms["div"] = criterion_div(out_s.logits, out_t.logits)
+        terms.update(distiller.loss(out_s, out_t, batch))
+        return out_s.logits, terms
+    return compute
+
+
 def run_init_stage(opt, distiller, student, teacher, loader, folder, logger):
     """RepDistiller's init stage (AB, FT, FSP): train the method's init modules for --init_epochs."""
     modules = torch.nn.ModuleList(distiller.init_modules(student))
-    optimizer = torch.optim.SGD(modules.parameters(), lr=opt.learning_rate, momentum=opt.momentum,
+    optimizer = torch.optim.SGD(modules.parameters(), lr=distiller.init_lr(opt), momentum=opt.momentum,
                                 weight_decay=opt.weight_decay)
     needs = distiller.needs
 
@@ -198,15 +214,7 @@ def main(argv=None):
     elif needs.init_stage and opt.init_epochs > 0:
         run_init_stage(opt, distiller, student, teacher, data.train_loader, folder, logger)
 
-    def compute(batch):
-        out_s = forward_model(student, batch.images, needs)
-        with torch.no_grad():
-            out_t = forward_model(teacher, batch.images, needs)
-        terms = {"cls": cross_entropy(out_s.logits, batch.targets)}
-        if weights["div"] != 0:
-            terms["div"] = criterion_div(out_s.logits, out_t.logits)
-        terms.update(distiller.loss(out_s, out_t, batch))
-        return out_s.logits, terms
+    compute = distill_step(student, teacher, distiller, criterion_div, weights)
 
     def extra_state():
         return {"distiller": distiller.state_dict(), "distill": opt.distill, "teacher_arch": opt.model_t,

@@ -67,6 +67,13 @@ class FactorTransferDistiller(Distiller):
     def param_groups(self, opt):
         return [{"params": list(self.translator.parameters())}]
 
+    # RepDistiller pretrains the paraphraser with lr 0.01 for these students, else with --learning_rate.
+    SLOW_INIT_STUDENTS = ("resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+                          "resnet8x4", "resnet32x4", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2")
+
+    def init_lr(self, opt):
+        return 0.01 if opt.model_s in self.SLOW_INIT_STUDENTS else opt.learning_rate
+
     def init_modules(self, student):
         return [self.paraphraser]
 

@@ -21,7 +21,10 @@ class DistillKL(nn.Module):
         sample's KL weighted by its own T_i^2. Gradients flow into a tensor `temp`.
         """
         T = self.T if temp is None else temp
-        kl = F.kl_div(F.log_softmax(y_s / T, dim=1), F.softmax(y_t / T, dim=1), reduction='none')
+        # The teacher side in log space: same value, and a finite gradient where p_t underflows to 0
+        # (kl_div's target gradient is NaN there, which would poison a learnable temperature).
+        kl = F.kl_div(F.log_softmax(y_s / T, dim=1), F.log_softmax(y_t / T, dim=1), reduction='none',
+                      log_target=True)
         if torch.is_tensor(T) and T.dim() == 2:
             return (kl.sum(1) * T.squeeze(1) ** 2).mean()
         return kl.sum() * (T ** 2) / y_s.shape[0]

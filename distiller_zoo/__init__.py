@@ -16,3 +16,7 @@ from .KDSVD import KDSVD  # noqa: F401
 from .IRG import IRGLoss  # noqa: F401
 from .HKD import HKDLoss  # noqa: F401
 from .CRD import CRDDistiller  # noqa: F401
+from .SemCKD import SemCKDLoss  # noqa: F401
+from .DKD import DKDloss  # noqa: F401
+from .CKD import CKDLoss  # noqa: F401
+from .CTKD import GradientReversal, Global_T  # noqa: F401

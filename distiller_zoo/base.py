@@ -7,7 +7,7 @@ flags, builds its extra modules from probed feature shapes, and returns named lo
 `helper/loops.py` only reads these declarations; it never looks at a method's name.
 """
 from dataclasses import dataclass
-from typing import ClassVar, Dict, List, Optional
+from typing import Callable, ClassVar, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -60,6 +60,8 @@ class Batch:
     targets: torch.Tensor                     # [B]
     index: Optional[torch.Tensor] = None      # [B] dataset indices
     contrast_idx: Optional[torch.Tensor] = None  # [B, K+1], positive first
+    temperature: Optional[torch.Tensor] = None   # learnable temperature ([1] or [B, 1]) set by CTKD, else None
+    epoch: int = 0                               # 1-based epoch, for methods with warm-ups
 
     @classmethod
     def from_loader(cls, items, device):
@@ -104,6 +106,14 @@ class Distiller(nn.Module):
     def term_weights(self, opt) -> Dict[str, float]:
         """Weight of each term returned by `loss`; by default every term is weighted by -b/--beta."""
         return {}
+
+    def term_schedules(self, opt) -> Dict[str, Callable[[int, int, int], float]]:
+        """Per-term weight multipliers as pure functions of (epoch, iteration, iterations per epoch)."""
+        return {}
+
+    def init_lr(self, opt) -> float:
+        """Learning rate of the init stage (RepDistiller: the main --learning_rate)."""
+        return opt.learning_rate
 
     def param_groups(self, opt) -> List[dict]:
         """Optimizer parameter groups of the method's trainable modules (default: one group)."""

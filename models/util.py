@@ -5,7 +5,9 @@ models/util.py, so checkpoints and calling code carry over unchanged.
 """
 import math
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from helper.errors import UserError
 
@@ -237,3 +239,81 @@ class PoolEmbed(nn.Module):
 
     def forward(self, x):
         return self.embed(x)
+
+
+class AAEmbed(nn.Module):
+    """SemCKD projection (Chen et al., AAAI 2021): 1x1/3x3/1x1 convs, BN-ReLU between: [B, C_in, H, W] -> [B, C_out, H, W]."""
+
+    def __init__(self, num_input_channels=1024, num_target_channels=128):
+        super().__init__()
+        self.num_mid_channel = 2 * num_target_channels
+        mid = self.num_mid_channel
+        self.regressor = nn.Sequential(
+            nn.Conv2d(num_input_channels, mid, kernel_size=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            nn.Conv2d(mid, num_target_channels, kernel_size=1, bias=False),
+        )
+
+    def forward(self, x):
+        return self.regressor(x)
+
+
+def batch_gram(feat):
+    """[B, ...] -> [B, B] inner products of the flattened per-sample features."""
+    flat = feat.reshape(feat.shape[0], -1)
+    return flat @ flat.t()
+
+
+def align_pair(f_s, f_t):
+    """Pool the larger of two square maps to the other's height: -> (student [B, C_s, h, h], teacher [B, C_t, h, h])."""
+    s_h, t_h = f_s.shape[2], f_t.shape[2]
+    if s_h > t_h:
+        return F.adaptive_avg_pool2d(f_s, (t_h, t_h)), f_t
+    return f_s, F.adaptive_avg_pool2d(f_t, (s_h, s_h))
+
+
+class SelfA(nn.Module):
+    """Cross-layer attention of SemCKD (Chen et al., AAAI 2021): teacher-layer weights per student layer and sample.
+
+    Each student layer i (query) and teacher layer j (key) is embedded from its row of the batch Gram matrix, so
+    `input_channel` is the batch size: every batch must hold exactly `input_channel` samples (train with full
+    batches). `s_n` / `s_t` are the student / teacher channel counts; `regressor{i}{j}` (an AAEmbed) projects student
+    layer i onto teacher layer j's channels. State_dict keys are SemCKD's. Below 2 * factor samples the embeddings
+    are 1-d, normalised to +-1, and the attention gets no gradient.
+    """
+
+    def __init__(self, s_len, t_len, input_channel, s_n, s_t, factor=4):
+        super().__init__()
+        if input_channel // factor < 1:
+            raise UserError(f"SemCKD embeds batch Gram rows into batch_size // {factor} dimensions: "
+                            f"--batch_size must be at least {factor}, got {input_channel}")
+        names = [f"regressor{i}{j}" for i in range(s_len) for j in range(t_len)]
+        if len(set(names)) < len(names):
+            raise UserError(f"SemCKD's regressor names collide for {s_len} student and {t_len} teacher layers")
+        self.batch_size = input_channel
+        for j in range(t_len):
+            self.add_module(f"key_weight{j}", MLPEmbed(input_channel, input_channel // factor))
+        for i in range(s_len):
+            self.add_module(f"query_weight{i}", MLPEmbed(input_channel, input_channel // factor))
+        for i in range(s_len):
+            for j in range(t_len):
+                self.add_module(f"regressor{i}{j}", AAEmbed(s_n[i], s_t[j]))
+
+    def attention(self, feat_s, feat_t):
+        """softmax over teacher layers of <query_i, key_j>: -> [B, s_len, t_len]."""
+        keys = torch.stack([getattr(self, f"key_weight{j}")(batch_gram(f)) for j, f in enumerate(feat_t)], dim=2)
+        queries = torch.stack([getattr(self, f"query_weight{i}")(batch_gram(f)) for i, f in enumerate(feat_s)], dim=1)
+        return F.softmax(torch.bmm(queries, keys), dim=-1)
+
+    def forward(self, feat_s, feat_t):
+        """s_len student maps [B, C_s_i, H, H] and t_len teacher maps -> (proj_value_stu[i][j] [B, C_t_j, h, h],
+        value_tea[i][j] [B, C_t_j, h, h], attention [B, s_len, t_len]) with h = min(H_s_i, H_t_j)."""
+        if feat_s[0].shape[0] != self.batch_size:
+            raise ValueError(f"SelfA was built for batches of {self.batch_size} but got {feat_s[0].shape[0]} "
+                             "samples; SemCKD needs full batches (drop_last)")
+        proj_value_stu, value_tea = [], []
+        for i, f_s in enumerate(feat_s):
+            pairs = [align_pair(f_s, f_t) for f_t in feat_t]
+            proj_value_stu.append([getattr(self, f"regressor{i}{j}")(s) for j, (s, _) in enumerate(pairs)])
+            value_tea.append([t for _, t in pairs])
+        return proj_value_stu, value_tea, self.attention(feat_s, feat_t)

@@ -1,0 +1,142 @@
+"""CTKD: a learnable distillation temperature trained adversarially through a gradient reversal layer.
+
+A plug-in, not a `--distill` method: with `--have_mlp 1` the loop builds a temperature module, feeds its
+output to the KL term and to temperature-aware methods (Batch.temperature), and trains it with the student.
+
+Sign convention (CTKD's): the reversal layer multiplies the gradient reaching the temperature by lambda, with
+no extra minus. The curriculum takes lambda from --decay_max (0) down to --decay_min (-1), so the SGD step on
+the temperature becomes theta += lr * |lambda| * dL/dtheta: gradient ascent on the distillation loss, harder as
+|lambda| grows. The student's own gradients are untouched.
+"""
+import math
+
+import torch
+from torch import nn
+
+from helper.errors import UserError
+
+
+class GradientReversalFunction(torch.autograd.Function):
+    """Curriculum Temperature for Knowledge Distillation (Li et al., AAAI 2023): identity; backward grad * lambda_."""
+
+    @staticmethod
+    def forward(ctx, x, lambda_):
+        ctx.lambda_ = lambda_
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * ctx.lambda_, None
+
+
+class GradientReversal(nn.Module):
+    """Curriculum Temperature for Knowledge Distillation (Li et al., AAAI 2023): module form of the reversal layer."""
+
+    def forward(self, x, lambda_):
+        """x of any shape, returned unchanged; its gradient is multiplied by the float lambda_."""
+        return GradientReversalFunction.apply(x, lambda_)
+
+
+class _Temperature(nn.Module):
+    """Shared parametrisation T = t_start + t_end * sigmoid(raw), computed in the parameters' dtype."""
+
+    def __init__(self, t_start, t_end):
+        super().__init__()
+        self.t_start = t_start
+        self.t_end = t_end
+        self.grl = GradientReversal()
+
+    def raw(self, logit_t, logit_s):
+        """Pre-sigmoid temperature, [1] or [B, 1]."""
+        raise NotImplementedError
+
+    def forward(self, logit_t, logit_s, lambda_):
+        """Temperature from teacher and student logits [B, K] and the curriculum's lambda_ (float).
+
+        Autocast is disabled here so a bf16 run still learns the temperature in float32.
+        """
+        with torch.autocast(device_type=logit_t.device.type, enabled=False):
+            theta = self.grl(self.raw(logit_t, logit_s), lambda_)
+            return self.t_start + self.t_end * torch.sigmoid(theta)
+
+
+class Global_T(_Temperature):
+    """Curriculum Temperature for Knowledge Distillation (Li et al., AAAI 2023): one temperature for all samples.
+
+    forward(logit_t, logit_s, lambda_) -> [1]; the logits [B, K] are unused (CTKD's signature).
+    """
+
+    def __init__(self, t_start=1.0, t_end=20.0):
+        super().__init__(t_start, t_end)
+        self.global_T = nn.Parameter(torch.ones(1))
+
+    def raw(self, logit_t, logit_s):
+        return self.global_T
+
+
+class Instance_T(_Temperature):
+    """Curriculum Temperature for Knowledge Distillation (Li et al., AAAI 2023): one temperature per sample.
+
+    forward(logit_t, logit_s, lambda_) -> [B, 1] from logits [B, K]: a 2-layer MLP on the concatenated, detached
+    logits (no gradient reaches the student through this path); the last bias starts at 1 so the initial
+    temperature matches Global_T's. The official repository does not release this module.
+    """
+
+    def __init__(self, num_classes, t_start=1.0, t_end=20.0, hidden_dim=256):
+        super().__init__(t_start, t_end)
+        self.mlp = nn.Sequential(nn.Linear(2 * num_classes, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 1))
+        nn.init.constant_(self.mlp[2].bias, 1.0)
+
+    def raw(self, logit_t, logit_s):
+        dtype = self.mlp[0].weight.dtype
+        return self.mlp(torch.cat([logit_t, logit_s], dim=1).detach().to(dtype))
+
+
+def add_ctkd_args(parser):
+    """CTKD's flags and defaults, except a working curriculum (0 -> -1 over 10 epochs, CTKD's script)."""
+    p = parser.add_argument_group("CTKD learnable temperature (plug-in)")
+    p.add_argument("--have_mlp", type=int, default=0, help="1: learn the KD temperature with CTKD (0)")
+    p.add_argument("--mlp_name", type=str, default="global", choices=["global", "instance"],
+                   help="one temperature (global) or one per sample (instance) (global)")
+    p.add_argument("--t_start", type=float, default=1, help="lowest temperature: T = t_start + t_end * sigmoid (1)")
+    p.add_argument("--t_end", type=float, default=20, help="temperature range above --t_start (20)")
+    p.add_argument("--cosine_decay", type=int, default=1, help="1: cosine curriculum for lambda, 0: linear (1)")
+    p.add_argument("--decay_max", type=float, default=0, help="lambda at epoch 0 (0)")
+    p.add_argument("--decay_min", type=float, default=-1, help="lambda from --decay_loops on; < 0 reverses (-1)")
+    p.add_argument("--decay_loops", type=float, default=10, help="epochs to go from --decay_max to --decay_min (10)")
+    return p
+
+
+def build_temperature(opt, num_classes):
+    """The temperature module for --mlp_name, or None when --have_mlp is 0."""
+    if not opt.have_mlp:
+        return None
+    if opt.decay_loops <= 0:
+        raise UserError(f"--decay_loops must be positive with --have_mlp 1, got {opt.decay_loops}")
+    if opt.t_start <= 0 or opt.t_end < 0:
+        raise UserError(f"--t_start must be positive and --t_end non-negative, got {opt.t_start} and {opt.t_end}")
+    if opt.mlp_name == "global":
+        return Global_T(opt.t_start, opt.t_end)
+    if opt.mlp_name == "instance":
+        return Instance_T(num_classes, opt.t_start, opt.t_end)
+    raise UserError(f"unknown --mlp_name {opt.mlp_name!r}; choose global or instance")
+
+
+def curriculum_lambda(epoch, opt):
+    """lambda for 1-based `epoch`: CTKD's cosine from --decay_max to --decay_min, epoch clamped to [0, decay_loops].
+
+    The linear variant runs max + (min - max) * epoch / loops; CTKD's own linear schedule ignored --decay_max and
+    stopped one step short of --decay_min.
+    """
+    if opt.decay_loops <= 0:
+        raise UserError(f"--decay_loops must be positive, got {opt.decay_loops}")
+    progress = min(max(epoch, 0), opt.decay_loops) / opt.decay_loops
+    if opt.cosine_decay:
+        return opt.decay_min + (opt.decay_max - opt.decay_min) * (math.cos(math.pi * progress) + 1.0) / 2.0
+    return opt.decay_max + (opt.decay_min - opt.decay_max) * progress
+
+
+def stats(temp):
+    """{'temp_mean', 'temp_std'} of a temperature [1] or [B, 1], as detached float32 0-d tensors (no host sync)."""
+    t = temp.detach().float()
+    return {"temp_mean": t.mean(), "temp_std": t.std(correction=0)}

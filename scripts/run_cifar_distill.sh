@@ -1,0 +1,29 @@
+#!/usr/bin/env sh
+# Distillation on CIFAR-100, resnet32x4 -> resnet8x4, one line per method with the weights the papers use.
+# Teachers: sh scripts/fetch_pretrained_teachers.sh (published RepDistiller teachers) or sh scripts/run_cifar_vanilla.sh.
+# Each line runs 240 epochs; pass extra flags through, e.g.  sh scripts/run_cifar_distill.sh --device cuda:0
+T=./save/models/resnet32x4_vanilla/ckpt_epoch_240.pth
+S=resnet8x4
+
+# RepDistiller (Tian et al., ICLR 2020) recipes: -r 1 -a 0 -b <method weight>, KD with -r 0.1 -a 0.9
+python train_student.py --path_t $T --distill kd --model_s $S -r 0.1 -a 0.9 -b 0 --trial 1 "$@"
+python train_student.py --path_t $T --distill hint --model_s $S -r 1 -a 0 -b 100 --trial 1 "$@"
+python train_student.py --path_t $T --distill attention --model_s $S -r 1 -a 0 -b 1000 --trial 1 "$@"
+python train_student.py --path_t $T --distill similarity --model_s $S -r 1 -a 0 -b 3000 --trial 1 "$@"
+python train_student.py --path_t $T --distill correlation --model_s $S -r 1 -a 0 -b 0.02 --trial 1 "$@"
+python train_student.py --path_t $T --distill vid --model_s $S -r 1 -a 0 -b 1 --trial 1 "$@"
+python train_student.py --path_t $T --distill rkd --model_s $S -r 1 -a 0 -b 1 --trial 1 "$@"
+python train_student.py --path_t $T --distill pkt --model_s $S -r 1 -a 0 -b 30000 --trial 1 "$@"
+python train_student.py --path_t $T --distill abound --model_s $S -r 1 -a 0 -b 1 --trial 1 "$@"
+python train_student.py --path_t $T --distill factor --model_s $S -r 1 -a 0 -b 200 --trial 1 "$@"
+python train_student.py --path_t $T --distill fsp --model_s $S -r 1 -a 0 -b 50 --trial 1 "$@"
+python train_student.py --path_t $T --distill nst --model_s $S -r 1 -a 0 -b 50 --trial 1 "$@"
+python train_student.py --path_t $T --distill kdsvd --model_s $S -r 1 -a 0 -b 1 --trial 1 "$@"
+python train_student.py --path_t $T --distill crd --model_s $S -r 1 -a 0 -b 0.8 --trial 1 "$@"
+python train_student.py --path_t $T --distill crd --model_s $S -r 1 -a 1 -b 0.8 --trial 1 "$@"
+
+# SemCKD's runs (Chen et al., AAAI 2021): IRG, and HKD in two passes through a resnet8x4_double assistant
+python train_student.py --path_t $T --distill irg --model_s $S -r 1 -a 1 -b 0.005 --trial 1 "$@"
+python train_student.py --path_t $T --distill pkt --model_s resnet8x4_double -r 1 -a 1 -b 30000 --trial 1 "$@"
+python train_student.py --path_t "./save/student_model/S:resnet8x4_double_T:resnet32x4_cifar100_pkt_r:1.0_a:1.0_b:30000.0_1/resnet8x4_double_best.pth" \
+    --distill hkd --model_s $S -r 1 -a 1 -b 1 --trial 1 "$@"

@@ -1,0 +1,114 @@
+"""train_student.py end to end on Fashion-MNIST (real images, CPU) with a teacher from train_teacher.py."""
+import json
+import os
+import re
+import shlex
+
+import pytest
+import torch
+
+import train_student
+import train_teacher
+from helper.errors import UserError
+from models import build_model
+from tests.cifar_fixture import make_fake_cifar100
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FMNIST = "/usr/share/datasets/fashion-mnist"
+pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="apt-get install dataset-fashion-mnist")
+COMMON = ["--dataset", "fashion_mnist", "--num_workers", "0", "--device", "cpu", "--lr_decay_epochs", "100",
+          "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def teacher_path(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teacher")
+    train_teacher.main(COMMON + ["--model", "resnet20", "--subset", "2000", "--epochs", "2",
+                                 "--model_path", str(root / "models"), "--tb_path", str(root / "tb")])
+    return str(root / "models" / "resnet20_fashion_mnist_lr_0.05_decay_0.0005_trial_0" / "resnet20_best.pth")
+
+
+def student_args(tmp_path, teacher, *extra):
+    return COMMON + ["--path_t", teacher, "--model_s", "resnet8", "--subset", "1000",
+                     "--model_path", str(tmp_path / "student"), "--tb_path", str(tmp_path / "tb"), *extra]
+
+
+def test_kd_student_learns_and_records_every_loss_term(tmp_path, teacher_path):
+    state = train_student.main(student_args(tmp_path, teacher_path, "--distill", "kd", "--epochs", "3",
+                                            "--subset", "2000", "-r", "0.1", "-a", "0.9", "-b", "0"))
+    assert state.best_acc > 25.0  # chance is 10%
+    folder = tmp_path / "student" / "S:resnet8_T:resnet20_fashion_mnist_kd_r:0.1_a:0.9_b:0.0_0"
+    records = [json.loads(line) for line in open(folder / "log.jsonl")]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all({"train_loss_cls", "train_loss_div", "test_acc", "best_acc"} <= set(r) for r in records)
+    results = json.load(open(folder / "results.json"))
+    assert results["best_acc"] == pytest.approx(state.best_acc) and results["last_epoch"] == 3
+    assert json.load(open(folder / "options.json"))["distill"] == "kd"
+    ckpt = torch.load(folder / "resnet8_best.pth", weights_only=True)
+    assert ckpt["arch"] == "resnet8" and ckpt["teacher_arch"] == "resnet20" and ckpt["distill"] == "kd"
+
+
+def test_crd_resume_restores_the_memory_bank_and_replays_exactly(tmp_path, teacher_path):
+    crd = ["--distill", "crd", "--nce_k", "64", "-r", "1", "-a", "0", "-b", "0.8"]
+    folder_name = "S:resnet8_T:resnet20_fashion_mnist_crd_r:1.0_a:0.0_b:0.8_0"
+    train_student.main(student_args(tmp_path / "split", teacher_path, *crd, "--epochs", "1"))
+    first = torch.load(tmp_path / "split" / "student" / folder_name / "resnet8_last.pth", weights_only=True)
+    bank = first["distiller"]["criterion.contrast.memory_v1"]
+    train_student.main(student_args(tmp_path / "split", teacher_path, *crd, "--epochs", "2", "--resume"))
+    train_student.main(student_args(tmp_path / "whole", teacher_path, *crd, "--epochs", "2"))
+    resumed = torch.load(tmp_path / "split" / "student" / folder_name / "resnet8_last.pth", weights_only=True)
+    whole = torch.load(tmp_path / "whole" / "student" / folder_name / "resnet8_last.pth", weights_only=True)
+    assert not torch.equal(bank, resumed["distiller"]["criterion.contrast.memory_v1"]), "bank kept updating"
+    for key, value in whole["distiller"].items():
+        torch.testing.assert_close(resumed["distiller"][key], value, msg=key)
+    for key, value in whole["model"].items():
+        torch.testing.assert_close(resumed["model"][key], value, msg=key)
+
+
+def test_published_teacher_without_arch_is_found_from_its_folder_name(tmp_path):
+    folder = tmp_path / "resnet8_vanilla"
+    folder.mkdir()
+    model = build_model("resnet8", 10)
+    torch.save({"model": model.state_dict(), "epoch": 240}, folder / "ckpt_epoch_240.pth")
+    teacher, arch = train_student.load_teacher(str(folder / "ckpt_epoch_240.pth"), 10, torch.device("cpu"))
+    assert arch == "resnet8" and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_teacher_checkpoint_of_another_architecture_is_a_one_line_error(tmp_path):
+    path = tmp_path / "t.pth"
+    torch.save({"model": build_model("resnet8", 10).state_dict(), "arch": "resnet20"}, path)
+    with pytest.raises(UserError) as err:
+        train_student.load_teacher(str(path), 10, torch.device("cpu"))
+    assert "does not match architecture resnet20" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_unknown_method_lists_the_choices(tmp_path, teacher_path):
+    with pytest.raises(UserError, match="unknown --distill 'kdd'.*crd"):
+        train_student.main(student_args(tmp_path, teacher_path, "--distill", "kdd"))
+
+
+def script_commands(name):
+    """The train_student.py command lines of a script, with line continuations joined."""
+    text = open(os.path.join(ROOT, "scripts", name)).read().replace("\\\n", " ")
+    variables = dict(line.split("=", 1) for line in text.splitlines() if re.match(r"^[A-Z_]+=", line))
+    commands = []
+    for line in text.splitlines():
+        if line.startswith("python train_student.py"):
+            for var, value in variables.items():
+                line = re.sub(rf"\${var}\b", value, line)
+            commands.append([a for a in shlex.split(line)[2:] if a != "$@"])
+    return commands
+
+
+@pytest.mark.parametrize("args", script_commands("run_cifar_distill.sh"), ids=lambda a: a[a.index("--distill") + 1])
+def test_every_distill_script_line_parses_and_builds(tmp_path, args):
+    data = tmp_path / "data"
+    make_fake_cifar100(str(data), 1, 1, seed=0)
+    teacher = tmp_path / "resnet32x4_vanilla" / "ckpt_epoch_240.pth"
+    teacher.parent.mkdir()
+    arch = "resnet8x4_double" if "resnet8x4_double_best" in " ".join(args) else "resnet32x4"
+    torch.save({"model": build_model(arch, 100).state_dict(), "arch": arch}, teacher)
+    args = [str(teacher) if a.endswith(".pth") else a for a in args]
+    assert train_student.main(args + ["--dry_run", "--data_root", str(data), "--device", "cpu",
+                                      "--num_workers", "0", "--nce_k", "16"]) is None
