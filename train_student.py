@@ -12,13 +12,16 @@ import distiller_zoo  # noqa: F401  registers every method
 from dataset import build_loaders
 from distiller_zoo.base import ProbeShapes, get_distiller_class
 from distiller_zoo.base import distiller_registry
+from distiller_zoo.CTKD import add_ctkd_args, build_temperature, curriculum_lambda
+from distiller_zoo.CTKD import stats as ctkd_stats
 from distiller_zoo.KD import DistillKL
 from helper.errors import UserError
 from helper.logger import RunLogger
 from helper.loops import cross_entropy, forward_model, train_epoch, validate
 from helper.options import add_training_args, apply_default_lr, finish_training_args, run_cli
 from helper.run import RunState, fit, is_main_process, resume, save_options, seed_epoch, unwrap
-from helper.util import extract_state_dict, load_checkpoint, load_weights, save_atomic, set_seed
+from helper.schedules import MIMIC_SCHEDULES, mimic_weight, task_weight
+from helper.util import AverageMeter, extract_state_dict, load_checkpoint, load_weights, save_atomic, set_seed
 from models import build_model, model_dict
 from train_teacher import check_input_size
 
@@ -30,7 +33,8 @@ RECIPE_WEIGHTS = {
     "similarity": (1.0, 0.0, 3000.0), "correlation": (1.0, 0.0, 0.02), "vid": (1.0, 0.0, 1.0),
     "rkd": (1.0, 0.0, 1.0), "pkt": (1.0, 0.0, 30000.0), "abound": (1.0, 0.0, 1.0), "factor": (1.0, 0.0, 200.0),
     "fsp": (1.0, 0.0, 50.0), "nst": (1.0, 0.0, 50.0), "kdsvd": (1.0, 0.0, 1.0), "crd": (1.0, 0.0, 0.8),
-    "irg": (1.0, 1.0, 0.005), "hkd": (1.0, 1.0, 1.0),
+    "irg": (1.0, 1.0, 0.005), "hkd": (1.0, 1.0, 1.0), "semckd": (1.0, 1.0, 400.0), "ckd": (1.0, 0.0, 100.0),
+    "dkd": (1.0, 0.0, 1.0), "crcd": (1.0, 0.9, 1.0),
 }
 
 
@@ -56,6 +60,9 @@ def parse_option(argv=None):
     p.add_argument("--model_path", type=str, default="./save/student_model", help="where run folders go")
     p.add_argument("--tb_path", type=str, default="./save/student_tensorboards", help="TensorBoard logs")
     p.add_argument("--dry_run", action="store_true", help="build data, models and method, run no step, exit")
+    p.add_argument("--mimic_schedule", type=str, default="constant", choices=MIMIC_SCHEDULES,
+                   help="CRCD's adjust_mimic_loss_weight on every distillation term (constant)")
+    add_ctkd_args(parser)
     for name in sorted(distiller_registry):
         distiller_registry[name].add_args(parser.add_argument_group(f"--distill {name}"))
     opt = parser.parse_args(argv)
@@ -119,21 +126,69 @@ def probe_shapes(student, teacher, needs, size, n_data, num_classes, device):
 
 
 class TermWeights:
-    """Weights of the loss terms: cls -> gamma, div -> alpha, any method term -> beta unless overridden."""
+    """Weights of the loss terms: cls -> gamma, div -> alpha, any method term -> beta unless overridden.
 
-    def __init__(self, opt, overrides):
+    Calling it with (epoch, iteration in epoch, iterations per epoch) gives the weights of that step:
+    the --mimic_schedule multiplier on every distillation term (its task weight on cls) and the
+    method's own per-term schedules (e.g. DKD's warm-up).
+    """
+
+    def __init__(self, opt, overrides, schedules=None):
         self.fixed = {"cls": opt.gamma, "div": opt.alpha}
         self.fixed.update(overrides)
         self.beta = opt.beta
-
-    def __call__(self, epoch, iteration):
-        return self
+        self.mimic = getattr(opt, "mimic_schedule", "constant")
+        self.epochs = getattr(opt, "epochs", 1)
+        self.schedules = schedules or {}
 
     def __getitem__(self, name):
         return self.fixed.get(name, self.beta)
 
+    def __call__(self, epoch, iteration, iters_per_epoch):
+        step = (epoch - 1) * iters_per_epoch + iteration
+        total = self.epochs * iters_per_epoch
+        mimic = mimic_weight(self.mimic, step, total)
+        task = task_weight(self.mimic, step, total)
+        return _StepWeights(self, {"cls": task}, mimic,
+                            {k: f(epoch, iteration, iters_per_epoch) for k, f in self.schedules.items()})
 
-def distill_step(student, teacher, distiller, criterion_div, weights):
+
+class _StepWeights:
+    """The weights of one step: base weight x schedule multipliers."""
+
+    def __init__(self, base, special, mimic, per_term):
+        self.base, self.special, self.mimic, self.per_term = base, special, mimic, per_term
+
+    def __getitem__(self, name):
+        return self.base[name] * self.special.get(name, self.mimic) * self.per_term.get(name, 1.0)
+
+
+class TemperaturePlugin:
+    """CTKD's learnable temperature for every logit loss: set on each batch, averaged per epoch for the logs."""
+
+    def __init__(self, module, opt):
+        self.module, self.opt = module, opt
+        self.lam = 0.0
+        self.meters = {}
+
+    def start_epoch(self, epoch):
+        self.lam = curriculum_lambda(epoch, self.opt)
+        self.meters = {"temp_mean": AverageMeter(), "temp_std": AverageMeter()}
+
+    def __call__(self, logit_t, logit_s):
+        temp = self.module(logit_t, logit_s, self.lam)
+        for name, value in ctkd_stats(temp).items():
+            self.meters[name].update(value)
+        return temp
+
+    def scalars(self):
+        out = {name: m.avg for name, m in self.meters.items() if m.count}
+        if out:
+            out["ctkd_lambda"] = self.lam
+        return out
+
+
+def distill_step(student, teacher, distiller, criterion_div, weights, temperature=None):
     """The per-batch computation of the main stage: (student logits, named loss terms)."""
     needs = distiller.needs
 
@@ -141,12 +196,23 @@ def distill_step(student, teacher, distiller, criterion_div, weights):
         out_s = forward_model(student, batch.images, needs)
         with torch.no_grad():
             out_t = forward_model(teacher, batch.images, needs)
+        if temperature is not None:
+            batch.temperature = temperature(out_t.logits, out_s.logits)
         terms = {"cls": cross_entropy(out_s.logits, batch.targets)}
         if weights["div"] != 0:
-            terms["div"] = criterion_div(out_s.logits, out_t.logits)
+            terms["div"] = criterion_div(out_s.logits.float(), out_t.logits.float(), batch.temperature).sum()
         terms.update(distiller.loss(out_s, out_t, batch))
         return out_s.logits, terms
     return compute
+
+
+def restore_method_state(ckpt, distiller, temp_module):
+    """Put back the method's modules and buffers (memory banks) and the CTKD temperature."""
+    distiller.load_state_dict(ckpt["distiller"])
+    if temp_module is not None:
+        if "temperature" not in ckpt:
+            raise UserError("--resume checkpoint has no CTKD temperature; it was trained without --have_mlp 1")
+        temp_module.load_state_dict(ckpt["temperature"])
 
 
 def run_init_stage(opt, distiller, student, teacher, loader, folder, logger):
@@ -164,7 +230,7 @@ def run_init_stage(opt, distiller, student, teacher, loader, folder, logger):
 
     for epoch in range(1, opt.init_epochs + 1):
         seed_epoch(opt.seed - epoch, epoch, loader)
-        stats = train_epoch(epoch, loader, compute, optimizer, lambda e, it: {"init": 1.0}, opt,
+        stats = train_epoch(epoch, loader, compute, optimizer, lambda *step: {"init": 1.0}, opt,
                             train_modules=[modules], eval_modules=[student, teacher], desc="init")
         logger.log(epoch, {"init_loss": stats["loss"]}, kind="init")
         log.info("init epoch %d  loss %.4f", epoch, stats["loss"])
@@ -187,12 +253,19 @@ def main(argv=None):
     probe = probe_shapes(student, teacher, needs, data.input_size, data.n_data, data.num_classes, opt.device)
     distiller = method(opt, probe, student, teacher).to(opt.device)
     criterion_div = DistillKL(opt.kd_T)
-    weights = TermWeights(opt, distiller.term_weights(opt))
+    weights = TermWeights(opt, distiller.term_weights(opt), distiller.term_schedules(opt))
+    temp_module = build_temperature(opt, data.num_classes)
+    temperature = None
+    if temp_module is not None:
+        temp_module.to(opt.device)
+        temperature = TemperaturePlugin(temp_module, opt)
 
     opt.model_name = (f"S:{opt.model_s}_T:{opt.model_t}_{opt.dataset}_{opt.distill}_"
                       f"r:{opt.gamma}_a:{opt.alpha}_b:{opt.beta}_{opt.trial}")
     folder = os.path.join(opt.model_path, opt.model_name)
     param_groups = [{"params": list(student.parameters())}] + distiller.param_groups(opt)
+    if temp_module is not None:  # CTKD: the temperature shares the student's SGD and lr schedule
+        param_groups.append({"params": list(temp_module.parameters())})
     optimizer = torch.optim.SGD(param_groups, lr=opt.learning_rate, momentum=opt.momentum,
                                 weight_decay=opt.weight_decay)
     if opt.dry_run:
@@ -210,20 +283,25 @@ def main(argv=None):
     if opt.resume:
         path = os.path.join(folder, f"{opt.model_s}_last.pth") if opt.resume == "last" else opt.resume
         state = resume(path, opt.model_s, student, optimizer,
-                       restore_extra=lambda ckpt: distiller.load_state_dict(ckpt["distiller"]))
+                       restore_extra=lambda ckpt: restore_method_state(ckpt, distiller, temp_module))
     elif needs.init_stage and opt.init_epochs > 0:
         run_init_stage(opt, distiller, student, teacher, data.train_loader, folder, logger)
 
-    compute = distill_step(student, teacher, distiller, criterion_div, weights)
+    compute = distill_step(student, teacher, distiller, criterion_div, weights, temperature)
 
     def extra_state():
-        return {"distiller": distiller.state_dict(), "distill": opt.distill, "teacher_arch": opt.model_t,
-                "teacher_acc": teacher_acc}
+        extra = {"distiller": distiller.state_dict(), "distill": opt.distill, "teacher_arch": opt.model_t,
+                 "teacher_acc": teacher_acc}
+        if temperature is not None:
+            extra["temperature"] = temp_module.state_dict()
+            extra["scalars"] = temperature.scalars()
+        return extra
 
     fit(opt, arch=opt.model_s, num_classes=data.num_classes, model=student, optimizer=optimizer,
         loaders=(data.train_loader, data.val_loader), compute=compute, weights=weights,
         train_modules=[student, distiller], eval_modules=[teacher], folder=folder, logger=logger, state=state,
-        extra_state=extra_state, train_sampler=data.train_sampler)
+        extra_state=extra_state, train_sampler=data.train_sampler,
+        on_epoch_start=temperature.start_epoch if temperature is not None else lambda epoch: None)
     logger.close()
     log.info("student %s best accuracy %.2f (epoch %d); run folder %s", opt.model_s, state.best_acc,
              state.best_epoch, folder)

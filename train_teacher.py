@@ -61,7 +61,7 @@ def main(argv=None):
         return logits, {"cls": cross_entropy(logits, batch.targets)}
 
     fit(opt, arch=opt.model, num_classes=data.num_classes, model=model, optimizer=optimizer,
-        loaders=(data.train_loader, data.val_loader), compute=compute, weights=lambda e, it: {"cls": 1.0},
+        loaders=(data.train_loader, data.val_loader), compute=compute, weights=lambda *step: {"cls": 1.0},
         train_modules=[model], eval_modules=[], folder=opt.save_folder, logger=logger, state=state,
         train_sampler=data.train_sampler)
     logger.close()

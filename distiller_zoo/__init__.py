@@ -20,3 +20,4 @@ from .SemCKD import SemCKDLoss  # noqa: F401
 from .DKD import DKDloss  # noqa: F401
 from .CKD import CKDLoss  # noqa: F401
 from .CTKD import GradientReversal, Global_T  # noqa: F401
+from .CRCD import CRCDDistiller, CRCDLoss  # noqa: F401

@@ -49,8 +49,8 @@ def train_epoch(epoch, loader, compute, optimizer, weights, opt, train_modules, 
                 desc="train"):
     """Train one epoch and return {'loss', 'acc1', 'acc5', 'loss_<term>'...} averages.
 
-    compute(batch) -> (logits [B, C] or None, {term: scalar tensor}); weights(epoch, iteration)
-    -> {term: float}. `eval_modules` are put in eval mode, then `train_modules` in train mode (so a
+    compute(batch) -> (logits [B, C] or None, {term: scalar tensor}); weights(epoch, iteration in the
+    epoch, iterations per epoch) -> {term: float}. `eval_modules` are put in eval mode, then `train_modules` in train mode (so a
     train module nested in an eval one, like RepDistiller's init-stage feature modules, trains).
     """
     for module in eval_modules:
@@ -64,9 +64,10 @@ def train_epoch(epoch, loader, compute, optimizer, weights, opt, train_modules, 
     bar = tqdm(loader, desc=f"{desc} {epoch}", leave=False, disable=getattr(opt, "no_progress", None))
     for i, items in enumerate(bar):
         batch = Batch.from_loader(items, device)
+        batch.epoch = epoch
         n = batch.targets.shape[0]
         logits, terms = compute(batch)
-        loss = weighted_sum(terms, weights(epoch, (epoch - 1) * n_iter + i))
+        loss = weighted_sum(terms, weights(epoch, i, n_iter))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -93,7 +94,7 @@ def train_vanilla(epoch, train_loader, model, criterion, optimizer, opt):
         logits = model(batch.images)
         return logits, {"cls": criterion(logits, batch.targets)}
 
-    stats = train_epoch(epoch, train_loader, compute, optimizer, lambda e, it: {"cls": 1.0}, opt, [model])
+    stats = train_epoch(epoch, train_loader, compute, optimizer, lambda *step: {"cls": 1.0}, opt, [model])
     return stats["acc1"], stats["loss"]
 
 

@@ -27,3 +27,28 @@ python train_student.py --path_t $T --distill irg --model_s $S -r 1 -a 1 -b 0.00
 python train_student.py --path_t $T --distill pkt --model_s resnet8x4_double -r 1 -a 1 -b 30000 --trial 1 "$@"
 python train_student.py --path_t "./save/student_model/S:resnet8x4_double_T:resnet32x4_cifar100_pkt_r:1.0_a:1.0_b:30000.0_1/resnet8x4_double_best.pth" \
     --distill hkd --model_s $S -r 1 -a 1 -b 1 --trial 1 "$@"
+
+# CRCD (Zhu et al., CVPR 2021): its code's recipe, 250 epochs with the '240' mimic schedule (last 10 epochs CE only)
+python train_student.py --path_t $T --distill crcd --model_s $S -r 1 -a 0.9 -b 1 --nce_k 500 --nce_t 0.05 \
+    --epochs 250 --mimic_schedule 240 --trial 1 "$@"
+python train_student.py --path_t $T --distill crcd --model_s $S -r 1 -a 0.9 -b 1 --nce_k 500 --nce_t 0.05 \
+    --epochs 250 --mimic_schedule 240 --with_grad --grad_kd_type cos --grad_kd_weight 1 --trial 1 "$@"
+
+# SemCKD (Chen et al., AAAI 2021)
+python train_student.py --path_t $T --distill semckd --model_s $S -r 1 -a 1 -b 400 --trial 1 "$@"
+
+# DKD (Zhao et al., CVPR 2022), mdistiller's resnet32x4 -> resnet8x4 setting (beta 8, warm-up 20 epochs)
+python train_student.py --path_t $T --distill dkd --model_s $S -r 1 -a 0 -b 1 --dkd_alpha 1 --dkd_beta 8 --dkd_T 4 \
+    --warmup 20 --trial 1 "$@"
+
+# CTKD (Li et al., AAAI 2023): learnable temperature on KD, global and instance-wise, and on DKD
+python train_student.py --path_t $T --distill kd --model_s $S -r 0.1 -a 0.9 -b 0 --have_mlp 1 --mlp_name global \
+    --t_start 1 --t_end 20 --cosine_decay 1 --decay_max 0 --decay_min -1 --decay_loops 10 --trial 1 "$@"
+python train_student.py --path_t $T --distill kd --model_s $S -r 0.1 -a 0.9 -b 0 --have_mlp 1 --mlp_name instance \
+    --t_start 1 --t_end 20 --cosine_decay 1 --decay_max 0 --decay_min -1 --decay_loops 10 --trial 1 "$@"
+python train_student.py --path_t $T --distill dkd --model_s $S -r 1 -a 0 -b 1 --have_mlp 1 --mlp_name global \
+    --decay_max 0 --decay_min -1 --decay_loops 10 --trial 1 "$@"
+
+# CKD (Zhu et al., 2024): its own recipe (CE 1, CKD 100, tau 1, 480 epochs, cosine lr), not the 240-epoch protocol
+python train_student.py --path_t $T --distill ckd --model_s $S -r 1 -a 0 -b 100 --ckd_T 1 --epochs 480 \
+    --lr_schedule cosine --trial 1 "$@"

@@ -88,7 +88,7 @@ def test_one_step_trains_student_and_method_and_leaves_teacher_alone(name):
                 out_t = train_student.forward_model(teacher, batch.images, distiller.needs)
             return None, {"init": distiller.init_loss(out_s, out_t, batch)}
 
-        stats = train_epoch(1, loader, init_compute, init_opt, lambda e, it: {"init": 1.0}, opt,
+        stats = train_epoch(1, loader, init_compute, init_opt, lambda *step: {"init": 1.0}, opt,
                             train_modules=[init_modules], eval_modules=[student, teacher])
         assert torch.isfinite(torch.tensor(stats["loss"]))
         assert changed(init_before, init_modules), "init stage did not change its modules"

@@ -101,7 +101,7 @@ def script_commands(name):
     return commands
 
 
-@pytest.mark.parametrize("args", script_commands("run_cifar_distill.sh"), ids=lambda a: a[a.index("--distill") + 1])
+@pytest.mark.parametrize("args", script_commands("run_cifar_distill.sh"), ids=lambda a: a[a.index("--distill") + 1] + ("-ctkd" if "--have_mlp" in a else ""))
 def test_every_distill_script_line_parses_and_builds(tmp_path, args):
     data = tmp_path / "data"
     make_fake_cifar100(str(data), 1, 1, seed=0)
