@@ -112,3 +112,36 @@ def test_every_distill_script_line_parses_and_builds(tmp_path, args):
     args = [str(teacher) if a.endswith(".pth") else a for a in args]
     assert train_student.main(args + ["--dry_run", "--data_root", str(data), "--device", "cpu",
                                       "--num_workers", "0", "--nce_k", "16"]) is None
+
+
+HEADLINE = {
+    "crcd": ["--distill", "crcd", "--nce_k", "32", "--nce_t", "0.05", "-r", "1", "-a", "0.9", "-b", "1",
+             "--with_grad", "--grad_kd_type", "crcd"],
+    "semckd": ["--distill", "semckd", "-r", "1", "-a", "1", "-b", "400"],
+    "dkd": ["--distill", "dkd", "-r", "1", "-a", "0", "-b", "1", "--warmup", "2"],
+    "ckd": ["--distill", "ckd", "-r", "1", "-a", "0", "-b", "100", "--mimic_schedule", "240"],
+    "ctkd-global": ["--distill", "kd", "-r", "0.1", "-a", "0.9", "-b", "0", "--have_mlp", "1", "--decay_loops", "2"],
+    "ctkd-instance-dkd": ["--distill", "dkd", "-r", "1", "-a", "0", "-b", "1", "--have_mlp", "1",
+                          "--mlp_name", "instance", "--decay_loops", "2"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(HEADLINE))
+def test_headline_method_runs_end_to_end_and_resumes_exactly(tmp_path, teacher_path, name):
+    args = HEADLINE[name] + ["--subset", "512"]
+    train_student.main(student_args(tmp_path / "split", teacher_path, *args, "--epochs", "1"))
+    train_student.main(student_args(tmp_path / "split", teacher_path, *args, "--epochs", "2", "--resume"))
+    train_student.main(student_args(tmp_path / "whole", teacher_path, *args, "--epochs", "2"))
+    (folder,) = os.listdir(tmp_path / "split" / "student")
+    resumed = torch.load(tmp_path / "split" / "student" / folder / "resnet8_last.pth", weights_only=True)
+    whole = torch.load(tmp_path / "whole" / "student" / folder / "resnet8_last.pth", weights_only=True)
+    for part in ("model", "distiller") + (("temperature",) if "ctkd" in name else ()):
+        assert whole[part], part
+        for key, value in whole[part].items():
+            torch.testing.assert_close(resumed[part][key], value, msg=f"{part}.{key}")
+    records = [json.loads(line) for line in open(tmp_path / "split" / "student" / folder / "log.jsonl")]
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in records)
+    if "ctkd" in name:
+        assert all("temp_mean" in r and "temp_std" in r for r in records)
+        assert records[1]["ctkd_lambda"] == pytest.approx(-1.0)  # cosine curriculum done after --decay_loops 2
