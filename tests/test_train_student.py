@@ -117,7 +117,7 @@ def test_every_distill_script_line_parses_and_builds(tmp_path, args):
 HEADLINE = {
     "crcd": ["--distill", "crcd", "--nce_k", "32", "--nce_t", "0.05", "-r", "1", "-a", "0.9", "-b", "1",
              "--with_grad", "--grad_kd_type", "crcd"],
-    "semckd": ["--distill", "semckd", "-r", "1", "-a", "1", "-b", "400"],
+    "semckd": ["--distill", "semckd", "-r", "1", "-a", "1", "-b", "40"],  # 400 (CIFAR) diverges on this toy teacher
     "dkd": ["--distill", "dkd", "-r", "1", "-a", "0", "-b", "1", "--warmup", "2"],
     "ckd": ["--distill", "ckd", "-r", "1", "-a", "0", "-b", "100", "--mimic_schedule", "240"],
     "ctkd-global": ["--distill", "kd", "-r", "0.1", "-a", "0.9", "-b", "0", "--have_mlp", "1", "--decay_loops", "2"],
@@ -136,7 +136,7 @@ def test_headline_method_runs_end_to_end_and_resumes_exactly(tmp_path, teacher_p
     resumed = torch.load(tmp_path / "split" / "student" / folder / "resnet8_last.pth", weights_only=True)
     whole = torch.load(tmp_path / "whole" / "student" / folder / "resnet8_last.pth", weights_only=True)
     for part in ("model", "distiller") + (("temperature",) if "ctkd" in name else ()):
-        assert whole[part], part
+        assert whole[part] or name not in ("crcd", "semckd"), part  # only these have modules of their own
         for key, value in whole[part].items():
             torch.testing.assert_close(resumed[part][key], value, msg=f"{part}.{key}")
     records = [json.loads(line) for line in open(tmp_path / "split" / "student" / folder / "log.jsonl")]
