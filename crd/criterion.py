@@ -2,6 +2,8 @@
 import torch
 from torch import nn
 
+from models.util import Embed, Normalize  # noqa: F401  (RepDistiller exposes them here too)
+
 from .memory import ContrastMemory, check_memory_args
 
 eps = 1e-7
@@ -44,28 +46,3 @@ class ContrastLoss(nn.Module):
         log_d1 = torch.log(positive / (positive + (noise + eps)))
         log_d0 = torch.log(noise / (negatives + (noise + eps)))
         return -(log_d1.sum() + log_d0.sum()) / batch_size
-
-
-class Embed(nn.Module):
-    """Linear projection then L2 normalisation, CRD's embedding head (Tian, Krishnan, Isola, ICLR 2020)."""
-
-    def __init__(self, dim_in=1024, dim_out=128):
-        super().__init__()
-        self.linear = nn.Linear(dim_in, dim_out)
-        self.l2norm = Normalize(2)
-
-    def forward(self, x):
-        """x [B, ...] flattened to [B, dim_in] -> [B, dim_out], unit L2 norm."""
-        return self.l2norm(self.linear(x.reshape(x.shape[0], -1)))
-
-
-class Normalize(nn.Module):
-    """x / ||x||_power along dim 1, as in CRD (Tian, Krishnan, Isola, ICLR 2020)."""
-
-    def __init__(self, power=2):
-        super().__init__()
-        self.power = power
-
-    def forward(self, x):
-        """x [B, D] -> [B, D]."""
-        return x.div(x.pow(self.power).sum(1, keepdim=True).pow(1. / self.power))

@@ -3,6 +3,7 @@ import torch.nn as nn
 
 from helper.errors import UserError
 from .registry import register_model
+from .init import init_conv_bn_linear
 
 __all__ = ["MobileNetV2", "mobilenetv2_T_w", "mobile_half"]
 
@@ -85,21 +86,7 @@ class MobileNetV2(nn.Module):
         self.conv2 = conv_1x1_bn(input_channel, self.last_channel)
         self.classifier = nn.Sequential(nn.Linear(self.last_channel, feature_dim))
         self.avgpool = nn.AvgPool2d(input_size // 16, ceil_mode=True)
-        self._initialize_weights()
-
-    def _initialize_weights(self):
-        """He-normal (fan-out) convolutions, unit BN, N(0, 0.01) classifier."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_conv_bn_linear(self)
 
     def get_bn_before_relu(self):
         """Final (linear-bottleneck) BN of each feature-producing block group."""

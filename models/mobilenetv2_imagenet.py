@@ -3,6 +3,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .registry import register_model
+from .init import init_conv_bn_linear
 
 # expansion t, output channels c, repeats n, first stride s
 INVERTED_RESIDUAL_SETTING = [
@@ -77,18 +78,7 @@ class MobileNetV2(nn.Module):
         features.append(ConvBNReLU(input_channel, self.last_channel, kernel_size=1))
         self.features = nn.ModuleList(features)
         self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(self.last_channel, num_classes))
-        self._init_weights()
-
-    def _init_weights(self):
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_conv_bn_linear(self)
 
     def get_feat_modules(self):
         """The convolutional trunk, block by block."""

@@ -168,7 +168,7 @@ class Embed(nn.Module):
         self.l2norm = Normalize(2)
 
     def forward(self, x):
-        return self.l2norm(self.linear(x.view(x.shape[0], -1)))
+        return self.l2norm(self.linear(x.reshape(x.shape[0], -1)))
 
 
 class LinearEmbed(nn.Module):

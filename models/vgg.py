@@ -3,6 +3,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .registry import register_model
+from .init import init_conv_bn_linear
 
 __all__ = ["VGG", "vgg8", "vgg8_bn", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
            "vgg19", "vgg19_bn"]
@@ -36,7 +37,7 @@ class VGG(nn.Module):
         self.pool3 = nn.MaxPool2d(kernel_size=2, stride=2)
         self.pool4 = nn.AdaptiveAvgPool2d((1, 1))
         self.classifier = nn.Linear(512, num_classes)
-        self._initialize_weights()
+        init_conv_bn_linear(self)
 
     @staticmethod
     def _make_layers(cfg, batch_norm=False, in_channels=3):
@@ -49,20 +50,6 @@ class VGG(nn.Module):
             layers.append(nn.ReLU(inplace=True))
             in_channels = width
         return nn.Sequential(*layers[:-1])
-
-    def _initialize_weights(self):
-        """He-normal (fan-out) convolutions with zero bias, unit BN, N(0, 0.01) classifier."""
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
 
     def get_feat_modules(self):
         """Blocks and pools in forward order."""
