@@ -52,3 +52,16 @@ python train_student.py --path_t $T --distill dkd --model_s $S -r 1 -a 0 -b 1 --
 # CKD (Zhu et al., 2024): its own recipe (CE 1, CKD 100, tau 1, 480 epochs, cosine lr), not the 240-epoch protocol
 python train_student.py --path_t $T --distill ckd --model_s $S -r 1 -a 0 -b 100 --ckd_T 1 --epochs 480 \
     --lr_schedule cosine --trial 1 "$@"
+
+# DKD on mdistiller's other CIFAR-100 pairs, each with its beta (alpha 1, T 4, warm-up 20; lr 0.01 for
+# ShuffleV1/ShuffleV2/MobileNetV2 students is applied automatically, as in RepDistiller and mdistiller)
+python train_student.py --path_t ./save/models/resnet56_vanilla/ckpt_epoch_240.pth --distill dkd --model_s resnet20 -r 1 -a 0 -b 1 --dkd_beta 2 --trial 1 "$@"
+python train_student.py --path_t ./save/models/resnet110_vanilla/ckpt_epoch_240.pth --distill dkd --model_s resnet32 -r 1 -a 0 -b 1 --dkd_beta 2 --trial 1 "$@"
+python train_student.py --path_t ./save/models/wrn_40_2_vanilla/ckpt_epoch_240.pth --distill dkd --model_s wrn_16_2 -r 1 -a 0 -b 1 --dkd_beta 6 --trial 1 "$@"
+python train_student.py --path_t ./save/models/wrn_40_2_vanilla/ckpt_epoch_240.pth --distill dkd --model_s wrn_40_1 -r 1 -a 0 -b 1 --dkd_beta 6 --trial 1 "$@"
+python train_student.py --path_t ./save/models/vgg13_vanilla/ckpt_epoch_240.pth --distill dkd --model_s vgg8 -r 1 -a 0 -b 1 --dkd_beta 6 --trial 1 "$@"
+python train_student.py --path_t ./save/models/resnet32x4_vanilla/ckpt_epoch_240.pth --distill dkd --model_s ShuffleV1 -r 1 -a 0 -b 1 --dkd_beta 8 --trial 1 "$@"
+python train_student.py --path_t ./save/models/resnet32x4_vanilla/ckpt_epoch_240.pth --distill dkd --model_s ShuffleV2 -r 1 -a 0 -b 1 --dkd_beta 8 --trial 1 "$@"
+python train_student.py --path_t ./save/models/ResNet50_vanilla/ckpt_epoch_240.pth --distill dkd --model_s MobileNetV2 -r 1 -a 0 -b 1 --dkd_beta 8 --trial 1 "$@"
+python train_student.py --path_t ./save/models/vgg13_vanilla/ckpt_epoch_240.pth --distill dkd --model_s MobileNetV2 -r 1 -a 0 -b 1 --dkd_beta 6 --trial 1 "$@"
+python train_student.py --path_t ./save/models/wrn_40_2_vanilla/ckpt_epoch_240.pth --distill dkd --model_s ShuffleV1 -r 1 -a 0 -b 1 --dkd_beta 8 --trial 1 "$@"

@@ -101,15 +101,20 @@ def script_commands(name):
     return commands
 
 
-@pytest.mark.parametrize("args", script_commands("run_cifar_distill.sh"), ids=lambda a: a[a.index("--distill") + 1] + ("-ctkd" if "--have_mlp" in a else ""))
+@pytest.mark.parametrize("args", script_commands("run_cifar_distill.sh"), ids=lambda a: "-".join([a[a.index("--distill") + 1], a[a.index("--model_s") + 1]]
+                                         + (["ctkd"] if "--have_mlp" in a else [])))
 def test_every_distill_script_line_parses_and_builds(tmp_path, args):
     data = tmp_path / "data"
     make_fake_cifar100(str(data), 1, 1, seed=0)
-    teacher = tmp_path / "resnet32x4_vanilla" / "ckpt_epoch_240.pth"
+    path = next(a for a in args if a.endswith(".pth"))
+    arch = "resnet8x4_double" if "resnet8x4_double_best" in path else train_student.teacher_name_from_path(path)
+    teacher = tmp_path / f"{arch}_vanilla" / "ckpt_epoch_240.pth"
     teacher.parent.mkdir()
-    arch = "resnet8x4_double" if "resnet8x4_double_best" in " ".join(args) else "resnet32x4"
-    torch.save({"model": build_model(arch, 100).state_dict(), "arch": arch}, teacher)
-    args = [str(teacher) if a.endswith(".pth") else a for a in args]
+    ckpt = {"model": build_model(arch, 100).state_dict()}  # published style: arch from the folder name ...
+    if "student_model" in path:
+        ckpt["arch"] = arch  # ... except our own student checkpoints (HKD's assistant), which carry it
+    torch.save(ckpt, teacher)
+    args = [str(teacher) if a == path else a for a in args]
     assert train_student.main(args + ["--dry_run", "--data_root", str(data), "--device", "cpu",
                                       "--num_workers", "0", "--nce_k", "16"]) is None
 
