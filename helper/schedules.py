@@ -5,7 +5,7 @@ and the cross-entropy by a "task" weight, both set by `adjust_mimic_loss_weight(
 cur_iter = (epoch - 1) * iterations_per_epoch + idx (0-based) and total_iter = epochs * iterations_per_epoch.
 Its `exp_increase` branch never sets the task weight (an UnboundLocalError at the return); every other branch
 that leaves the cross-entropy alone sets it to 1, so 1 is used here. (Its training loop also tests
-`opt.distill == 'crd' or 'crcd'`, which is always true, meaning `opt.distill in ('crd', 'crcd')`, and hard-codes
+whether the method "equals 'crd' or 'crcd'" with Python's `or`, which is always true, and hard-codes
 the '240' schedule: weight 1, then 0 for the last 1/25 of iterations, i.e. 10 fine-tuning epochs out of 250.)
 """
 from helper.errors import UserError
