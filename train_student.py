@@ -1,6 +1,8 @@
 """Distil a student from a frozen teacher (RepDistiller's train_student.py: same flags, folders and losses).
 
 loss = gamma * CE(student, labels) + alpha * KL_T(student || teacher) + beta * (the method's terms)
+
+Multi-GPU: `torchrun --nproc_per_node=N train_student.py ...` (DDP; --batch_size is per process, see README).
 """
 import argparse
 import logging
@@ -15,9 +17,11 @@ from distiller_zoo.base import distiller_registry
 from distiller_zoo.CTKD import add_ctkd_args, build_temperature, curriculum_lambda
 from distiller_zoo.CTKD import stats as ctkd_stats
 from distiller_zoo.KD import DistillKL
+from helper import distributed
+from helper import fast
 from helper.errors import UserError
 from helper.logger import RunLogger
-from helper.loops import cross_entropy, forward_model, train_epoch, validate
+from helper.loops import LossStep, cross_entropy, forward_model, train_epoch, validate
 from helper.options import add_training_args, apply_default_lr, finish_training_args, run_cli
 from helper.run import RunState, fit, is_main_process, resume, save_options, seed_epoch, unwrap
 from helper.schedules import MIMIC_SCHEDULES, mimic_weight, task_weight
@@ -63,6 +67,7 @@ def parse_option(argv=None):
     p.add_argument("--mimic_schedule", type=str, default="constant", choices=MIMIC_SCHEDULES,
                    help="CRCD's adjust_mimic_loss_weight on every distillation term (constant)")
     add_ctkd_args(parser)
+    fast.add_fast_args(parser)
     for name in sorted(distiller_registry):
         distiller_registry[name].add_args(parser.add_argument_group(f"--distill {name}"))
     opt = parser.parse_args(argv)
@@ -82,6 +87,7 @@ def finish_options(opt):
             log.info("%s not given: using %g for --distill %s (scripts/run_cifar_distill.sh)", flag, value, opt.distill)
     apply_default_lr(opt, opt.model_s, log)
     finish_training_args(opt)
+    fast.check_fast_args(opt, log)
     return opt
 
 
@@ -182,7 +188,8 @@ class TemperaturePlugin:
         return temp
 
     def scalars(self):
-        out = {name: m.avg for name, m in self.meters.items() if m.count}
+        """Epoch means over all ranks' batches (a collective under torchrun: call on every rank)."""
+        out = distributed.reduce_meters({name: m for name, m in self.meters.items() if m.count}, self.opt.device)
         if out:
             out["ctkd_lambda"] = self.lam
         return out
@@ -215,8 +222,11 @@ def restore_method_state(ckpt, distiller, temp_module):
         temp_module.load_state_dict(ckpt["temperature"])
 
 
-def run_init_stage(opt, distiller, student, teacher, loader, folder, logger):
-    """RepDistiller's init stage (AB, FT, FSP): train the method's init modules for --init_epochs."""
+def run_init_stage(opt, distiller, student, teacher, loader, folder, logger, sampler=None):
+    """RepDistiller's init stage (AB, FT, FSP): train the method's init modules for --init_epochs.
+
+    Under torchrun the init modules train in DDP; rank 0 writes <model_s>_init.pth.
+    """
     modules = torch.nn.ModuleList(distiller.init_modules(student))
     optimizer = torch.optim.SGD(modules.parameters(), lr=distiller.init_lr(opt), momentum=opt.momentum,
                                 weight_decay=opt.weight_decay)
@@ -228,10 +238,14 @@ def run_init_stage(opt, distiller, student, teacher, loader, folder, logger):
             out_t = forward_model(teacher, batch.images, needs)
         return None, {"init": distiller.init_loss(out_s, out_t, batch)}
 
+    init_step = fast.wrap_step(compute, opt)
+    if opt.distributed:
+        init_step = distributed.wrap(LossStep(compute, [modules]), opt, find_unused_parameters=True)
     for epoch in range(1, opt.init_epochs + 1):
-        seed_epoch(opt.seed - epoch, epoch, loader)
-        stats = train_epoch(epoch, loader, compute, optimizer, lambda *step: {"init": 1.0}, opt,
+        seed_epoch(opt.seed - epoch, epoch, loader, sampler)
+        stats = train_epoch(epoch, loader, init_step, optimizer, lambda *step: {"init": 1.0}, opt,
                             train_modules=[modules], eval_modules=[student, teacher], desc="init")
+        distributed.broadcast_buffers(student, distiller)
         logger.log(epoch, {"init_loss": stats["loss"]}, kind="init")
         log.info("init epoch %d  loss %.4f", epoch, stats["loss"])
     distiller.on_init_end()
@@ -242,6 +256,7 @@ def run_init_stage(opt, distiller, student, teacher, loader, folder, logger):
 
 def main(argv=None):
     opt = parse_option(argv)
+    distributed.setup(opt)
     set_seed(opt.seed)
     method = get_distiller_class(opt.distill)
     needs = method.needs
@@ -268,12 +283,15 @@ def main(argv=None):
         param_groups.append({"params": list(temp_module.parameters())})
     optimizer = torch.optim.SGD(param_groups, lr=opt.learning_rate, momentum=opt.momentum,
                                 weight_decay=opt.weight_decay)
+    student, teacher = fast.prepare_models(opt, student, teacher, extra=[distiller])
+    log.info(fast.describe(opt))
     if opt.dry_run:
         log.info("dry run: %s -> %s with %s built; %d trainable tensors", opt.model_t, opt.model_s, opt.distill,
                  sum(len(g["params"]) for g in param_groups))
         return None
 
-    os.makedirs(folder, exist_ok=True)
+    if is_main_process():
+        os.makedirs(folder, exist_ok=True)
     save_options(opt, folder)
     logger = RunLogger(folder, os.path.join(opt.tb_path, opt.model_name), enabled=is_main_process())
     teacher_acc, _, _ = validate(data.val_loader, teacher, torch.nn.CrossEntropyLoss(), opt)
@@ -285,9 +303,14 @@ def main(argv=None):
         state = resume(path, opt.model_s, student, optimizer,
                        restore_extra=lambda ckpt: restore_method_state(ckpt, distiller, temp_module))
     elif needs.init_stage and opt.init_epochs > 0:
-        run_init_stage(opt, distiller, student, teacher, data.train_loader, folder, logger)
+        run_init_stage(opt, distiller, student, teacher, data.train_loader, folder, logger, data.train_sampler)
 
-    compute = distill_step(student, teacher, distiller, criterion_div, weights, temperature)
+    compute = fast.wrap_step(distill_step(student, teacher, distiller, criterion_div, weights, temperature), opt)
+    if opt.distributed:
+        # One DDP over student + method modules + CTKD temperature. Unused parameters are searched for: a
+        # term weighted 0 by a schedule, or a module trained only in the init stage, leaves some unused.
+        compute = distributed.wrap(LossStep(compute, [student, distiller, temp_module]), opt,
+                                   find_unused_parameters=True)
 
     def extra_state():
         extra = {"distiller": distiller.state_dict(), "distill": opt.distill, "teacher_arch": opt.model_t,

@@ -8,6 +8,11 @@ The peer's form copies the sampled rows to [B, K+1, D] ("gather"). Two exact for
 "dense" scores every row with one GEMM ([B, N]) and reads the sampled entries; "sparse" gathers in
 bounded column blocks. Both take the gradient w.r.t. the anchors with `embedding_bag` (weighted row
 sums, no [B, K+1, D] copy) from the rows as they were before the update, as the peer's copy does.
+
+Under torchrun (DDP) every rank scores its own batch against the bank, then all ranks apply the same
+update built from the batches of all ranks (`rows_of_all_ranks`), and the normalisation constant is the
+mean over ranks of the first batches: the banks stay identical on every rank, as a single process with
+the global batch would keep them. Without a process group none of this runs (same numbers as before).
 """
 import math
 
@@ -16,6 +21,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
+from helper import distributed
 from helper.errors import UserError
 
 SCORE_PATHS = ("auto", "gather", "dense", "sparse")
@@ -69,6 +75,29 @@ def momentum_update_(memory, y, value, momentum):
     memory.index_copy_(0, y, rows.div_(rows.pow(2).sum(1, keepdim=True).sqrt()))
 
 
+def first_occurrences(y):
+    """Positions [U] (ascending) of the first occurrence of each distinct value of y [M]."""
+    unique, inverse = torch.unique(y, return_inverse=True)
+    positions = torch.arange(y.shape[0], device=y.device)
+    first = torch.full((unique.shape[0],), y.shape[0], dtype=positions.dtype, device=y.device)
+    return first.scatter_reduce_(0, inverse, positions, reduce="amin").sort().values
+
+
+def rows_of_all_ranks(y, *values):
+    """The momentum update's rows: (y [B], *values [B, D]) unchanged in a single process.
+
+    Under DDP: the indices and (detached) values of every rank's batch in rank order, each dataset index
+    kept once (its first occurrence; DistributedSampler pads the last shares with repeated samples), so
+    every rank updates its bank with the same rows.
+    """
+    if not distributed.is_distributed():
+        return (y, *values)
+    width = [v.shape[1] for v in values]
+    y_all, values_all = distributed.all_gather_cat(y, torch.cat([v.detach() for v in values], dim=1))
+    keep = first_occurrences(y_all)
+    return (y_all[keep], *values_all[keep].split(width, dim=1))
+
+
 class _ScoresThenUpdate(torch.autograd.Function):
     """Scores [B, K+1] of anchor [B, D] against memory rows idx, then the momentum update of memory[y].
 
@@ -101,6 +130,9 @@ class _ScoresThenUpdate(torch.autograd.Function):
 class ContrastMemory(nn.Module):
     """Two memory banks [outputSize, inputSize] of CRD (Tian, Krishnan, Isola, ICLR 2020), K negatives per positive."""
 
+    # Kept identical across DDP ranks by the collective updates below; helper.distributed does not re-broadcast them.
+    rank_consistent_buffers = ("params", "memory_v1", "memory_v2")
+
     def __init__(self, inputSize, outputSize, K, T=0.07, momentum=0.5, score_path="auto"):
         super().__init__()
         check_memory_args(inputSize, outputSize, K, T, momentum, score_path)
@@ -120,8 +152,9 @@ class ContrastMemory(nn.Module):
         path = self.resolve_path(idx.shape[1])
         with torch.autocast(v1.device.type, enabled=False):
             v1, v2 = v1.to(self.memory_v1.dtype), v2.to(self.memory_v2.dtype)
-            exp_v2 = torch.exp(self.scores_then_update(self.memory_v1, v2, idx, y, v1, path) / self.T)
-            exp_v1 = torch.exp(self.scores_then_update(self.memory_v2, v1, idx, y, v2, path) / self.T)
+            rows, new_v1, new_v2 = rows_of_all_ranks(y, v1, v2)
+            exp_v2 = torch.exp(self.scores_then_update(self.memory_v1, v2, idx, rows, new_v1, path) / self.T)
+            exp_v1 = torch.exp(self.scores_then_update(self.memory_v2, v1, idx, rows, new_v2, path) / self.T)
             z = self.normalisers(exp_v1, exp_v2)
             return (exp_v1 / z[0]).unsqueeze(2), (exp_v2 / z[1]).unsqueeze(2)
 
@@ -132,7 +165,9 @@ class ContrastMemory(nn.Module):
         return choose_score_path(self.memory_v1.shape[0], width, self.memory_v1.shape[1])
 
     def scores_then_update(self, memory, anchor, idx, y, value, path):
-        """Scores [B, K+1] of anchor [B, D] against memory rows idx before the update, then memory[y] toward value."""
+        """Scores [B, K+1] of anchor [B, D] against memory rows idx before the update, then memory[y] toward value.
+
+        y [M], value [M, D]: the rows to update (M = B in a single process, all ranks' rows under DDP)."""
         value = value.detach()
         if path == "gather":
             scores = gather_scores(memory, anchor, idx)
@@ -142,9 +177,13 @@ class ContrastMemory(nn.Module):
         return _ScoresThenUpdate.apply(anchor, memory, idx, y, value, self.momentum, score_fn)
 
     def normalisers(self, exp_v1, exp_v2):
-        """[Z_v1, Z_v2]: mean(exp) * N on the first batch, then fixed; kept in params[2:4] without a host sync."""
+        """[Z_v1, Z_v2]: mean(exp) * N on the first batch, then fixed; kept in params[2:4] without a host sync.
+
+        Under DDP the means are averaged over ranks (every rank then holds the same Z)."""
         with torch.no_grad():
             first_batch = torch.stack([exp_v1.mean(), exp_v2.mean()]) * self.memory_v1.shape[0]
+            if distributed.is_distributed():
+                first_batch = distributed.all_reduce_mean(first_batch)
             self.params[2:4] = torch.where(self.params[2:4] < 0, first_batch, self.params[2:4])
         return self.params[2:4].clone()
 

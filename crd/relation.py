@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 
 import crd.memory as memory_module
-from crd.memory import ContrastMemory, sample_contrast_indices
+from crd.memory import ContrastMemory, rows_of_all_ranks, sample_contrast_indices
 
 RELATION_SHIFT = 1e-6  # the CRCD code adds 1e-6 to every coordinate of each relation vector
 NORM_FLOOR = 1e-12     # F.normalize's floor on a norm
@@ -116,15 +116,19 @@ class RelationMemory(ContrastMemory):
         path = self.resolve_path(idx.shape[1] + y.shape[0])
         with torch.autocast(v1.device.type, enabled=False):
             v1, v2 = v1.to(self.memory_v1.dtype), v2.to(self.memory_v2.dtype)
-            exp_v1 = self.relations_then_update(self.memory_v2, v1, y, idx, v2, path).exp_()
-            exp_v2 = self.relations_then_update(self.memory_v1, v2, y, idx, v1, path).exp_()
+            rows, new_v1, new_v2 = rows_of_all_ranks(y, v1, v2)
+            exp_v1 = self.relations_then_update(self.memory_v2, v1, y, idx, v2, path, (rows, new_v2)).exp_()
+            exp_v2 = self.relations_then_update(self.memory_v1, v2, y, idx, v1, path, (rows, new_v1)).exp_()
             z = self.normalisers(exp_v1, exp_v2)
             return (exp_v1 / z[0]).flatten(0, 1).unsqueeze(2), (exp_v2 / z[1]).flatten(0, 1).unsqueeze(2)
 
-    def relations_then_update(self, memory, v, y, idx, value, path):
-        """Logits cos / T [B, B, K+1] of v [B, D] against memory before its update, then memory[y] toward value."""
+    def relations_then_update(self, memory, v, y, idx, value, path, update=None):
+        """Logits cos / T [B, B, K+1] of v [B, D] against memory before its update, then memory[y] toward value.
+
+        update: (rows [M], values [M, D]) to move instead of (y, value) (all ranks' rows under DDP)."""
         stats = row_stats(memory, y, idx, path)
         width = idx.shape[1]
         rows_and_anchors = torch.cat([idx, y.expand(y.shape[0], -1)], dim=1)
-        scores = self.scores_then_update(memory, v, rows_and_anchors, y, value, path)
+        rows, values = update if update is not None else (y, value)
+        scores = self.scores_then_update(memory, v, rows_and_anchors, rows, values, path)
         return relation_logits(v, scores[:, :width], scores[:, width:], stats, self.T)

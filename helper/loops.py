@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from distiller_zoo.base import Batch, ModelOutput
+from helper import distributed
 from helper.errors import NonFiniteLossError
 from helper.util import AverageMeter, accuracy
 
@@ -36,6 +37,37 @@ def weighted_sum(terms, weights):
     return total
 
 
+class LossStep(torch.nn.Module):
+    """The trainable modules of one training step, held together so that one DistributedDataParallel wraps them.
+
+    forward(batch, step_weights) runs `compute(batch)` -> (logits, terms), with the networks called inside as
+    plain modules (e.g. `student(x, is_feat=True)`), and returns (loss, logits, terms) where only the
+    weighted loss keeps its graph: DDP then looks for unused parameters from the loss actually
+    backpropagated (a term skipped for its zero weight leaves its modules unused, not half-reduced).
+    `modules` (the student, the method's trainable modules, the CTKD temperature; None entries are
+    ignored) are only registered here; the teacher stays outside (it has no trainable parameter).
+    """
+
+    def __init__(self, compute, modules):
+        super().__init__()
+        self.parts = torch.nn.ModuleList([m for m in modules if m is not None])
+        self.compute = compute
+
+    def forward(self, batch, step_weights):
+        logits, terms = self.compute(batch)
+        loss = weighted_sum(terms, step_weights)
+        logits = logits.detach() if logits is not None else None
+        return loss, logits, {name: value.detach() for name, value in terms.items()}
+
+
+def run_step(compute, batch, step_weights):
+    """(loss, logits, terms) of one batch: a (DDP-wrapped) LossStep, or compute(batch) and the weighted sum."""
+    if isinstance(compute, (LossStep, torch.nn.parallel.DistributedDataParallel)):
+        return compute(batch, step_weights)
+    logits, terms = compute(batch)
+    return weighted_sum(terms, step_weights), logits, terms
+
+
 def _check_finite(loss_sum, meters, epoch, iteration):
     """Raise NonFiniteLossError if the accumulated loss is NaN/inf (one host sync, at print points only)."""
     if torch.is_tensor(loss_sum) and not torch.isfinite(loss_sum).item():
@@ -49,9 +81,11 @@ def train_epoch(epoch, loader, compute, optimizer, weights, opt, train_modules, 
                 desc="train"):
     """Train one epoch and return {'loss', 'acc1', 'acc5', 'loss_<term>'...} averages.
 
-    compute(batch) -> (logits [B, C] or None, {term: scalar tensor}); weights(epoch, iteration in the
-    epoch, iterations per epoch) -> {term: float}. `eval_modules` are put in eval mode, then `train_modules` in train mode (so a
-    train module nested in an eval one, like RepDistiller's init-stage feature modules, trains).
+    compute(batch) -> (logits [B, C] or None, {term: scalar tensor}), or a (DDP-wrapped) LossStep around
+    such a function; weights(epoch, iteration in the epoch, iterations per epoch) -> {term: float}.
+    `eval_modules` are put in eval mode, then `train_modules` in train mode (so a train module nested in an
+    eval one, like RepDistiller's init-stage feature modules, trains). Under torchrun the returned averages
+    are over all ranks' samples (sums and counts reduced).
     """
     for module in eval_modules:
         module.eval()
@@ -66,8 +100,7 @@ def train_epoch(epoch, loader, compute, optimizer, weights, opt, train_modules, 
         batch = Batch.from_loader(items, device)
         batch.epoch = epoch
         n = batch.targets.shape[0]
-        logits, terms = compute(batch)
-        loss = weighted_sum(terms, weights(epoch, i, n_iter))
+        loss, logits, terms = run_step(compute, batch, weights(epoch, i, n_iter))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -85,7 +118,7 @@ def train_epoch(epoch, loader, compute, optimizer, weights, opt, train_modules, 
                             acc1=f"{meters['acc1'].avg:.2f}" if "acc1" in meters else "-")
     if n_iter == 0:
         raise ValueError("the training loader is empty (dataset smaller than one batch with drop_last?)")
-    return {name: meter.avg for name, meter in meters.items()}
+    return distributed.reduce_meters(meters, device)
 
 
 def train_vanilla(epoch, train_loader, model, criterion, optimizer, opt):

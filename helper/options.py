@@ -2,6 +2,7 @@
 import os
 import sys
 
+from helper import distributed
 from helper.errors import NonFiniteLossError, UserError
 from helper.logger import setup_console_logging
 from helper.util import parse_decay_epochs, resolve_device
@@ -15,7 +16,7 @@ def add_training_args(parser):
     p.add_argument("--print_freq", type=int, default=100, help="iterations between progress updates (100)")
     p.add_argument("--tb_freq", type=int, default=500, help="kept for RepDistiller compatibility; logs are per epoch")
     p.add_argument("--save_freq", type=int, default=40, help="write ckpt_epoch_<N>.pth every N epochs (40)")
-    p.add_argument("--batch_size", type=int, default=64, help="batch size (64)")
+    p.add_argument("--batch_size", type=int, default=64, help="batch size per process (64); under torchrun the global batch is nproc_per_node x this")
     p.add_argument("--num_workers", type=int, default=8, help="data loader worker processes (8)")
     p.add_argument("--epochs", type=int, default=240, help="number of training epochs (240)")
     p.add_argument("--learning_rate", type=float, default=None,
@@ -66,16 +67,22 @@ def apply_default_lr(opt, model_name, log):
 
 
 def run_cli(main):
-    """Run `main()`; user mistakes become one `error:` line (exit 2), a NaN loss one line (exit 1)."""
+    """Run `main()`; user mistakes become one `error:` line (exit 2), a NaN loss one line (exit 1).
+
+    Under torchrun the process group is left at the end (after a barrier when main() succeeded).
+    """
     setup_console_logging()
     try:
         main()
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        distributed.cleanup(wait=False)
         sys.exit(2)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
+        distributed.cleanup(wait=False)
         sys.exit(1)
+    distributed.cleanup()
 
 
 def run_folder(*parts):

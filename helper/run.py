@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from helper import distributed
+from helper.distributed import is_main_process
 from helper.errors import UserError
 from helper.loops import train_epoch, validate
 from helper.util import load_checkpoint, lr_at_epoch, plain_options, save_atomic, set_lr, set_seed
@@ -20,11 +22,6 @@ class RunState:
     best_acc: float = 0.0
     best_epoch: int = 0
     extra: dict = field(default_factory=dict)
-
-
-def is_main_process():
-    return not (torch.distributed.is_available() and torch.distributed.is_initialized()) \
-        or torch.distributed.get_rank() == 0
 
 
 def save_options(opt, folder):
@@ -59,7 +56,11 @@ def unwrap(model):
 
 
 def resume(path, arch, model, optimizer, restore_extra=None):
-    """Load weights, optimizer and counters from `path`; returns the RunState to continue from."""
+    """Load weights, optimizer and counters from `path`; returns the RunState to continue from.
+
+    Under torchrun every rank calls this with the same file: it is read to the CPU, then copied into
+    each rank's own device (no rank allocates on another's GPU).
+    """
     ckpt = load_checkpoint(path)
     if ckpt.get("arch") != arch:
         raise UserError(f"--resume {path} holds a {ckpt.get('arch')!r} model but this run trains {arch!r}")
@@ -75,7 +76,12 @@ def resume(path, arch, model, optimizer, restore_extra=None):
 
 
 def seed_epoch(seed, epoch, loader, sampler=None):
-    """Make epoch `epoch` a pure function of the seed, so a resumed run replays it exactly."""
+    """Make epoch `epoch` a pure function of the seed, so a resumed run replays it exactly.
+
+    Under torchrun each rank adds its own offset (0 on rank 0), so ranks draw different augmentations and
+    contrast negatives; the DistributedSampler keeps its shared seed, so the ranks' shares stay a partition.
+    """
+    seed = seed + distributed.seed_offset()
     set_seed(seed)
     generator = getattr(loader, "generator", None)
     if generator is not None:
@@ -88,7 +94,13 @@ def seed_epoch(seed, epoch, loader, sampler=None):
 def fit(opt, *, arch, num_classes, model, optimizer, loaders, compute, weights, train_modules,
         eval_modules, folder, logger, state, extra_state=lambda: {}, on_epoch_start=lambda epoch: None,
         criterion=None, train_sampler=None):
-    """Run epochs state.start_epoch..opt.epochs; write <arch>_best/_last and ckpt_epoch_N checkpoints."""
+    """Run epochs state.start_epoch..opt.epochs; write <arch>_best/_last and ckpt_epoch_N checkpoints.
+
+    `compute` may be a DDP-wrapped helper.loops.LossStep (torchrun); `model` is the bare network, used for
+    validation and checkpoints. Under torchrun rank 0 writes every file; after each epoch the buffers of
+    `train_modules` are copied from rank 0 to all ranks, and `extra_state()` is called once per epoch on
+    every rank (so it may hold collectives).
+    """
     train_loader, val_loader = loaders
     criterion = criterion or torch.nn.CrossEntropyLoss()
     stats = {}
@@ -98,6 +110,7 @@ def fit(opt, *, arch, num_classes, model, optimizer, loaders, compute, weights, 
         set_lr(optimizer, lr)
         on_epoch_start(epoch)
         stats = train_epoch(epoch, train_loader, compute, optimizer, weights, opt, train_modules, eval_modules)
+        distributed.broadcast_buffers(*train_modules)
         acc1, acc5, val_loss = validate(val_loader, model, criterion, opt)
         is_best = acc1 > state.best_acc
         if is_best:
@@ -105,12 +118,13 @@ def fit(opt, *, arch, num_classes, model, optimizer, loaders, compute, weights, 
         record = {"lr": lr, "train_acc": stats.get("acc1", 0.0), "train_loss": stats["loss"],
                   "test_acc": acc1, "test_acc_top5": acc5, "test_loss": val_loss, "best_acc": state.best_acc}
         record.update({f"train_{k}": v for k, v in stats.items() if k.startswith("loss_")})
-        record.update(extra_state().get("scalars", {}))
+        extra = extra_state()
+        record.update(extra.get("scalars", {}))
         logger.log(epoch, record)
         log.info("epoch %d  lr %.4g  train loss %.4f acc %.2f  test acc %.2f (top-5 %.2f)  best %.2f",
                  epoch, lr, stats["loss"], stats.get("acc1", 0.0), acc1, acc5, state.best_acc)
         if is_main_process():
-            extra = {k: v for k, v in extra_state().items() if k != "scalars"}
+            extra = {k: v for k, v in extra.items() if k != "scalars"}
             ckpt = build_checkpoint(opt, arch, num_classes, model, optimizer, epoch, acc1, state, extra)
             if is_best:
                 save_atomic(ckpt, os.path.join(folder, f"{arch}_best.pth"))

@@ -60,3 +60,15 @@ def test_resume_from_a_checkpoint_of_another_architecture_fails_clearly(tmp_path
     other = str(run_folder(tmp_path) / "resnet8_last.pth")
     with pytest.raises(UserError, match="holds a 'resnet8' model but this run trains 'resnet14'"):
         train_teacher.main(teacher_args(tmp_path, "--model", "resnet14", "--epochs", "2", "--resume", other))
+
+
+@needs_fmnist
+def test_fast_path_flags_train_and_keep_checkpoint_keys(tmp_path):
+    state = train_teacher.main(teacher_args(tmp_path, "--epochs", "1", "--subset", "512", "--amp", "bf16",
+                                            "--channels_last", "--gpu_loader"))
+    assert state.best_acc > 0
+    ckpt = torch.load(run_folder(tmp_path) / "resnet8_last.pth", weights_only=True)
+    assert ckpt["opt"]["amp"] == "bf16" and ckpt["opt"]["channels_last"] is True
+    assert all(v.dtype == torch.float32 for k, v in ckpt["model"].items() if v.is_floating_point())
+    from models import build_model
+    assert list(ckpt["model"]) == list(build_model("resnet8", 10).state_dict())

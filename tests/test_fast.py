@@ -1,0 +1,360 @@
+"""The fast path (helper/fast.py) computes the same experiment: same step in fp32, bf16 close to fp32, no host sync.
+
+CPU only. torch.compile is exercised by test_compile_tiny_model_matches_eager only when KD_TEST_COMPILE=1 (it takes
+about a minute on 2 cores); benchmarks/bench_kd.py --quick runs the other fast options end to end.
+"""
+import argparse
+import copy
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import train_student
+from dataset.cifar100 import CIFAR100_MEAN, CIFAR100_STD
+from dataset.contrast import ContrastSampler
+from dataset.gpu_loader import GpuResidentLoader
+from distiller_zoo.base import Batch, distiller_registry
+from distiller_zoo.CTKD import build_temperature
+from distiller_zoo.KD import DistillKL
+from helper import fast
+from helper.loops import train_epoch, weighted_sum
+from helper.util import AverageMeter, accuracy
+from models import build_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+N_DATA, BATCH, NCE_K, CLASSES = 96, 8, 16, 10
+TEACHER, STUDENT = "resnet20", "resnet8"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One torch thread: on a shared 2-core machine, OpenMP threads otherwise spin at barriers (10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_opt(distill, *extra):
+    opt = train_student.parse_option(["--path_t", "unused.pth", "--distill", distill, "--model_s", STUDENT,
+                                      "--device", "cpu", "--nce_k", str(NCE_K), "--batch_size", str(BATCH),
+                                      "--num_workers", "0", "--gpu_loader", "--no_progress", *extra])
+    opt.amp, opt.channels_last, opt.compile, opt.cuda_graphs = "none", False, False, False
+    return opt
+
+
+def gpu_batches(needs, n_batches, seed=0):
+    """`n_batches` batches of the device-resident loader (here on the CPU) over random CIFAR-shaped images."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (N_DATA, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(N_DATA) % CLASSES
+    contrast = ContrastSampler(labels, NCE_K) if needs.contrast_index else None
+    loader = GpuResidentLoader(images, labels, BATCH, CIFAR100_MEAN, CIFAR100_STD, "cpu", seed=seed,
+                               with_index=needs.index or needs.contrast_index, contrast=contrast)
+    batches = []
+    while len(batches) < n_batches:
+        batches.extend(list(loader)[:n_batches - len(batches)])
+    return batches
+
+
+class Run:
+    """A student, teacher, method, weights, optimizer and compute closure built as train_student.main builds them."""
+
+    def __init__(self, opt, temperature=False):
+        torch.manual_seed(0)
+        self.opt = opt
+        method = distiller_registry[opt.distill]
+        self.teacher = build_model(TEACHER, CLASSES).eval()
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.student = build_model(STUDENT, CLASSES)
+        probe = train_student.probe_shapes(self.student, self.teacher, method.needs, 32, N_DATA, CLASSES,
+                                           torch.device("cpu"))
+        self.distiller = method(opt, probe, self.student, self.teacher)
+        self.weights = train_student.TermWeights(opt, self.distiller.term_weights(opt),
+                                                 self.distiller.term_schedules(opt))
+        groups = [{"params": list(self.student.parameters())}] + self.distiller.param_groups(opt)
+        self.temp_module = self.plugin = None
+        if temperature:
+            self.temp_module = build_temperature(opt, CLASSES)
+            self.plugin = train_student.TemperaturePlugin(self.temp_module, opt)
+            self.plugin.start_epoch(1)
+            groups.append({"params": list(self.temp_module.parameters())})
+        self.optimizer = torch.optim.SGD(groups, lr=0.05, momentum=0.9, weight_decay=5e-4)
+
+    def fast(self, **flags):
+        """A deep copy of this run with the speed flags applied (helper.fast.prepare_models)."""
+        other = copy.deepcopy(self)
+        for name, value in flags.items():
+            setattr(other.opt, name, value)
+        fast.check_fast_args(other.opt)
+        fast.prepare_models(other.opt, other.student, other.teacher, extra=[other.distiller])
+        return other
+
+    def compute(self):
+        step = train_student.distill_step(self.student, self.teacher, self.distiller, DistillKL(self.opt.kd_T),
+                                          self.weights, self.plugin)
+        return fast.wrap_step(step, self.opt)
+
+    def train(self, batches):
+        """One epoch of the real loop over `batches`; returns the per-step losses (float) and the stats."""
+        losses = []
+        compute = self.compute()
+
+        def recording(batch):
+            logits, terms = compute(batch)
+            losses.append(weighted_sum(terms, self.weights(1, len(losses), len(batches))).detach())
+            return logits, terms
+        stats = train_epoch(1, [tuple(t.clone() for t in items) for items in batches], recording, self.optimizer,
+                            self.weights, self.opt, [self.student, self.distiller], [self.teacher])
+        return [float(loss) for loss in losses], stats
+
+    def parameters(self):
+        modules = [self.student, self.distiller] + ([self.temp_module] if self.temp_module is not None else [])
+        return {f"{i}.{k}": v.detach().clone() for i, m in enumerate(modules) for k, v in m.state_dict().items()}
+
+
+def max_relative_difference(a, b):
+    return max(((a[k].float() - b[k].float()).norm() / b[k].float().norm().clamp_min(1e-12)).item()
+               for k in b if b[k].is_floating_point())
+
+
+# --- (1) fp32: the options that do not change numerics give the same step ----------------------------------------
+
+FP32_PARAM_ATOL = 5e-6  # observed <= 1.2e-6 after one SGD step (lr 0.05) of resnet8 with CRD
+@pytest.mark.parametrize("distill", ["kd", "crd"])
+def test_fp32_step_with_gpu_loader_and_channels_last_equals_the_standard_step(distill):
+    standard = Run(make_opt(distill))
+    fast_run = standard.fast(channels_last=True)
+    batches = gpu_batches(distiller_registry[distill].needs, 1)
+    loss_std, stats_std = standard.train(batches)
+    with fast.no_host_sync("cpu"):  # the fast step itself: no device-to-host read (asserted again in (3))
+        step = fast_run.compute()
+        batch = Batch.from_loader(tuple(t.clone() for t in batches[0]), "cpu")
+        fast_run.student.train(), fast_run.distiller.train()
+        logits, terms = step(batch)
+        loss = weighted_sum(terms, fast_run.weights(1, 0, 1))
+        fast_run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        fast_run.optimizer.step()
+    assert fast_run.student.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(loss.detach(), torch.tensor(loss_std[0]), rtol=1e-5, atol=1e-6)
+    after_std, after_fast = standard.parameters(), fast_run.parameters()
+    assert after_std.keys() == after_fast.keys()  # state_dict keys unchanged by prepare_models
+    for key, value in after_std.items():  # channels_last convolutions sum in another order: float32 rounding only
+        torch.testing.assert_close(after_fast[key], value, rtol=1e-4, atol=FP32_PARAM_ATOL, msg=key)
+
+
+def test_channels_last_keeps_values_and_checkpoint_keys():
+    opt = argparse.Namespace(device="cpu", channels_last=True, amp="none")
+    x = torch.randn(2, 3, 8, 8)
+    y = fast.to_channels_last(x, opt)
+    assert y.is_contiguous(memory_format=torch.channels_last) and torch.equal(x, y)
+    assert fast.to_channels_last(x, argparse.Namespace()) is x
+    model = build_model(STUDENT, CLASSES)
+    keys = list(model.state_dict())
+    reference = copy.deepcopy(model).eval()
+    fast.prepare_models(opt, model)
+    assert list(model.state_dict()) == keys
+    model.eval()
+    torch.testing.assert_close(model(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))),
+                               reference(torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))),
+                               rtol=1e-5, atol=1e-5)
+    clone = copy.deepcopy(model)  # the installed forward is bound to the copy, not to the original
+    assert clone.forward.__self__ is clone
+
+
+def test_defaults_leave_everything_unchanged():
+    parser = argparse.ArgumentParser()
+    fast.add_fast_args(parser)
+    opt = parser.parse_args([])
+    assert (opt.amp, opt.channels_last, opt.compile, opt.cuda_graphs) == ("none", False, False, False)
+    opt.device = torch.device("cpu")
+    model = build_model(STUDENT, CLASSES)
+    forward = model.forward
+    assert fast.prepare_models(opt, model) == (model, None)
+    assert model.forward == forward and "forward" not in vars(model)
+    assert isinstance(fast.autocast(opt), type(fast.autocast(argparse.Namespace())))
+    compute = object()
+    assert fast.wrap_step(compute, opt) is compute
+
+
+def test_cuda_graphs_are_switched_off_without_cuda_and_bad_amp_is_refused():
+    opt = argparse.Namespace(device=torch.device("cpu"), amp="bf16", channels_last=False, compile=False,
+                             cuda_graphs=True)
+    fast.check_fast_args(opt)
+    assert opt.cuda_graphs is False and opt.compile is False
+    assert "amp bf16" in fast.describe(opt)
+    with pytest.raises(Exception, match="--amp"):
+        fast.amp_dtype(argparse.Namespace(amp="fp8"))
+
+
+# --- (2) bf16 autocast stays close to fp32; CTKD's temperature still learns ---------------------------------------
+
+# Tolerances of 5 bf16 KD steps against fp32 (observed on resnet20 -> resnet8, batch 8, lr 0.05: loss 2.2e-3,
+# whole update 1.3e-2, worst per-tensor update cosine 0.958, temperature update 3.3e-2).
+BF16_LOSS_RTOL = 1e-2     # each step's loss, relative
+BF16_UPDATE_RTOL = 5e-2   # ||update_bf16 - update_fp32|| / ||update_fp32|| over all trained tensors
+BF16_UPDATE_COS = 0.9     # cosine between bf16 and fp32 updates of every trained tensor
+BF16_TEMP_RTOL = 0.1      # CTKD temperature parameter update, relative
+
+
+def test_bf16_autocast_tracks_fp32_over_five_kd_steps_and_ctkd_temperature_learns():
+    ctkd = ["--have_mlp", "1", "--mlp_name", "global", "-r", "0.1", "-a", "0.9"]
+    fp32 = Run(make_opt("kd", *ctkd), temperature=True)
+    start = fp32.parameters()
+    bf16 = fp32.fast(amp="bf16", channels_last=True)
+    batches = gpu_batches(fp32.distiller.needs, 5)
+    loss_fp32, _ = fp32.train(batches)
+    loss_bf16, _ = bf16.train(batches)
+    assert all(np.isfinite(loss_bf16))
+    np.testing.assert_allclose(loss_bf16, loss_fp32, rtol=BF16_LOSS_RTOL)
+    after_fp32, after_bf16 = fp32.parameters(), bf16.parameters()
+    trained = [k for k, v in after_fp32.items() if v.is_floating_point() and "running" not in k
+               and not torch.equal(v, start[k])]
+    for key in after_fp32:
+        if after_fp32[key].is_floating_point():  # parameters and BN running statistics stay float32
+            assert after_fp32[key].dtype == after_bf16[key].dtype == torch.float32, key
+    update_fp32 = {k: (after_fp32[k] - start[k]).flatten() for k in trained}
+    update_bf16 = {k: (after_bf16[k] - start[k]).flatten() for k in trained}
+    whole_fp32, whole_bf16 = torch.cat(list(update_fp32.values())), torch.cat(list(update_bf16.values()))
+    assert ((whole_bf16 - whole_fp32).norm() / whole_fp32.norm()).item() < BF16_UPDATE_RTOL
+    for key in trained:
+        cosine = torch.nn.functional.cosine_similarity(update_bf16[key], update_fp32[key], dim=0).item()
+        assert cosine > BF16_UPDATE_COS, (key, cosine)
+    # the learnable temperature: updated under autocast, in float32, as the fp32 run updates it
+    assert "2.global_T" in trained
+    torch.testing.assert_close(update_bf16["2.global_T"], update_fp32["2.global_T"], rtol=BF16_TEMP_RTOL, atol=0)
+    assert bf16.temp_module.global_T.dtype == torch.float32
+    assert bf16.student.bn1.running_mean.dtype == torch.float32
+    assert "temp_mean" in bf16.plugin.scalars()
+
+
+def test_bf16_outputs_are_float32_and_close():
+    torch.manual_seed(0)
+    model = build_model(STUDENT, CLASSES).eval()
+    reference = copy.deepcopy(model)
+    fast.prepare_models(argparse.Namespace(device="cpu", amp="bf16"), model)
+    x = torch.randn(4, 3, 32, 32)
+    feats, logits = model(x, is_feat=True)
+    ref_feats, ref_logits = reference(x, is_feat=True)
+    assert logits.dtype == torch.float32 and all(f.dtype == torch.float32 for f in feats)
+    torch.testing.assert_close(logits, ref_logits, rtol=5e-2, atol=5e-2)
+    with fast.autocast(argparse.Namespace(device="cpu", amp="bf16")):
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+# --- (3) no host sync in the step ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags", [{}, {"amp": "bf16", "channels_last": True}], ids=["fp32", "bf16+cl"])
+@pytest.mark.parametrize("distill", ["kd", "crd"])
+def test_training_step_has_no_host_sync(distill, flags):
+    run = Run(make_opt(distill)).fast(**flags)
+    batches = gpu_batches(run.distiller.needs, 2)
+    compute = run.compute()
+    meters = {"loss": AverageMeter(), "acc1": AverageMeter()}
+    run.student.train(), run.distiller.train()
+    for items in batches:
+        with fast.no_host_sync("cpu"):  # the loop body of helper.loops.train_epoch
+            batch = Batch.from_loader(items, "cpu")
+            logits, terms = compute(batch)
+            loss = weighted_sum(terms, run.weights(1, 0, 2))
+            run.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            run.optimizer.step()
+            meters["loss"].update(loss, BATCH)
+            meters["acc1"].update(accuracy(logits.detach(), batch.targets)[0], BATCH)
+    assert np.isfinite(meters["loss"].avg)
+
+
+def test_the_guard_catches_host_reads():
+    with fast.no_host_sync("cpu"):
+        for read in (lambda t: t.item(), lambda t: bool(t), lambda t: t.tolist(), lambda t: float(t),
+                     lambda t: int(t)):
+            with pytest.raises(fast.HostSyncError):
+                read(torch.tensor(1.0))
+    assert torch.tensor(2.0).item() == 2.0  # restored
+    with fast.no_host_sync("cpu", action="record") as guard:
+        torch.tensor(1.0).item()
+    assert len(guard.events) == 1 and "Tensor.item" in guard.events[0]
+
+
+class RecordingLoader:
+    """Batches of a list; counts the guard's recorded reads made while fetching and between two fetches (a step)."""
+
+    def __init__(self, batches, guard):
+        self.batches, self.guard = batches, guard
+        self.step_reads, self.fetch_reads = [], []
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        last = None
+        for items in self.batches:
+            before = len(self.guard.events)
+            if last is not None:
+                self.step_reads.append(before - last)
+            items = tuple(t.clone() for t in items)
+            last = len(self.guard.events)
+            self.fetch_reads.append(last - before)
+            yield items
+
+
+@pytest.mark.parametrize("distill", ["kd", "crd"])
+def test_train_epoch_reads_the_device_only_at_print_points(distill):
+    run = Run(make_opt(distill, "--print_freq", "100"))
+    batches = gpu_batches(run.distiller.needs, 4)
+    with fast.no_host_sync("cpu", action="record") as guard:
+        loader = RecordingLoader(batches, guard)
+        train_epoch(1, loader, run.compute(), run.optimizer, run.weights, run.opt, [run.student, run.distiller],
+                    [run.teacher])
+    assert loader.step_reads == [0, 0, 0], guard.events  # the 4th step ends at the epoch's print point
+
+
+@pytest.mark.xfail(strict=False, reason="dataset.contrast.ContrastSampler.sample reads the device twice per batch "
+                   "(bool(small.any()) in _negative_positions, int(pool.max()) in _distinct_by_keys)")
+def test_gpu_loader_draws_contrast_batches_without_host_reads():
+    needs = distiller_registry["crd"].needs
+    with fast.no_host_sync("cpu", action="record") as guard:
+        gpu_batches(needs, 2)
+    assert guard.events == []
+
+
+def test_gpu_loader_draws_plain_batches_without_host_reads():
+    with fast.no_host_sync("cpu"):
+        gpu_batches(distiller_registry["kd"].needs, 2)
+
+
+# --- torch.compile (opt-in: slow on the CPU) ------------------------------------------------------------------------
+
+@pytest.mark.skipif(os.environ.get("KD_TEST_COMPILE") != "1", reason="set KD_TEST_COMPILE=1 (about a minute on 2 CPUs)")
+def test_compile_tiny_model_matches_eager():
+    standard = Run(make_opt("kd"))
+    compiled = standard.fast(compile=True)
+    batches = gpu_batches(standard.distiller.needs, 2)
+    loss_std, _ = standard.train(batches)
+    loss_c, _ = compiled.train(batches)
+    np.testing.assert_allclose(loss_c, loss_std, rtol=1e-4)
+    assert list(compiled.student.state_dict()) == list(standard.student.state_dict())
+    assert torch._dynamo.config.recompile_limit >= fast.RECOMPILE_LIMIT
+    for key, value in standard.parameters().items():
+        torch.testing.assert_close(compiled.parameters()[key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+# --- (4) the benchmark's CI-sized run -------------------------------------------------------------------------------
+
+def test_bench_kd_quick_prints_the_table():
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "bench_kd.py"), "--quick",
+                           "--device", "cpu"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "| method | setting | step ms (median) | min-max ms | images/s |" in out
+    for method in ("kd", "crd", "crcd_k500", "crcd_k16384"):
+        for setting in ("repdistiller", "+bf16"):
+            assert f"| {method} | {setting} |" in out, out
+    assert "failed" not in out, out
