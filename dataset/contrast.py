@@ -50,8 +50,9 @@ class ContrastSampler:
             pool_size = torch.clamp((pool_size * percent).long(), min=1)
             self.negative_table = self._subsample_pools(pool_size, seed)  # [C, max pool]
         self.pool_size = pool_size
-        self._method = _choose_method(int(pool_size.min()), int(pool_size.max()), self.k)
-        self._draws = _draws_needed(int(pool_size.min()), self.k)
+        self._min_pool, self._max_pool = int(pool_size.min()), int(pool_size.max())  # host ints: no device reads
+        self._method = _choose_method(self._min_pool, self._max_pool, self.k)
+        self._draws = _draws_needed(self._min_pool, self.k)
 
     @property
     def device(self):
@@ -89,17 +90,17 @@ class ContrastSampler:
 
     def _negative_positions(self, pool, generator):
         """pool: [B] pool sizes -> [B, K] positions in [0, pool) (distinct per row when pool >= K)."""
-        small = pool < self.k
-        if not bool(small.any()):
+        if self._min_pool >= self.k:  # every pool holds K distinct negatives (CIFAR, ImageNet)
             return self._distinct_positions(pool, generator)
         positions = _uniform_below(pool[:, None].expand(-1, self.k), generator)
-        if not bool(small.all()):
+        if self._max_pool >= self.k:  # mixed pool sizes: only some rows can be drawn without replacement
+            small = pool < self.k
             positions[~small] = self._distinct_positions(pool[~small], generator)
         return positions
 
     def _distinct_positions(self, pool, generator):
         if self._method == 'keys':
-            return _distinct_by_keys(pool, self.k, generator)
+            return _distinct_by_keys(pool, self.k, generator, self._max_pool)
         return _distinct_by_first_draws(pool, self.k, self._draws, generator)
 
     def _negatives_at(self, targets, positions):
@@ -148,9 +149,8 @@ def _uniform_below(high, generator):
     return raw % high
 
 
-def _distinct_by_keys(pool, k, generator):
-    """[R] pool sizes -> [R, K] distinct positions: top-K of float64 random keys, -1 past each pool."""
-    width = int(pool.max())
+def _distinct_by_keys(pool, k, generator, width):
+    """[R] pool sizes (all <= width) -> [R, K] distinct positions: top-K of float64 random keys, -1 past each pool."""
     keys = torch.rand(len(pool), width, dtype=torch.float64, generator=generator, device=pool.device)
     keys.masked_fill_(torch.arange(width, device=pool.device) >= pool[:, None], -1.0)
     return keys.topk(k, dim=1, sorted=False).indices
