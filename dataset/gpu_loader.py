@@ -16,7 +16,8 @@ class GpuResidentLoader:
     Train batches: (images, targets), (images, targets, index) with_index, or
     (images, targets, index, contrast_idx [B, K+1]) when `contrast` (a ContrastSampler) is given.
     Each epoch's order, crops, flips and contrast draws come from a generator seeded with seed + epoch;
-    `set_epoch` picks the epoch, otherwise every `__iter__` advances it by one.
+    `set_epoch` picks the epoch, otherwise every `__iter__` advances it by one. Ranks > 0 draw their
+    augmentation and negatives from their own generator (the order stays shared, so the shards partition it).
     With world_size > 1, train takes rank's share of the first N - N % world_size permuted samples;
     eval takes indices rank::world_size, so every sample is seen exactly once over all ranks.
     """
@@ -50,9 +51,12 @@ class GpuResidentLoader:
         return n // self.batch_size if self.drop_last and self.train else -(-n // self.batch_size)
 
     def __iter__(self):
-        generator = torch.Generator(device=self.device).manual_seed(self.seed + self.epoch)
+        epoch_seed = self.seed + self.epoch
+        generator = torch.Generator(device=self.device).manual_seed(epoch_seed)
         self.epoch += 1
         order = self._order(generator)
+        if self.rank:  # the permutation is shared by all ranks; crops, flips and negatives must not be
+            generator = torch.Generator(device=self.device).manual_seed(epoch_seed + 1_000_003 * self.rank)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             yield self._batch(order[start:start + self.batch_size], generator)
 

@@ -347,3 +347,20 @@ def test_missing_imagenet_names_both_candidate_folders(tmp_path):
     with pytest.raises(UserError) as caught:
         build_loaders(make_opt(dataset='imagenet', data_root=str(tmp_path)))
     assert os.path.join(str(tmp_path), 'imagenet') in str(caught.value) and '\n' not in str(caught.value)
+
+
+def test_gpu_loader_ranks_share_the_order_but_not_the_augmentation():
+    import numpy as np
+    from dataset.cifar100 import CIFAR100_MEAN, CIFAR100_STD
+    from dataset.gpu_loader import GpuResidentLoader
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
+    labels = np.arange(64) % 10
+    ranks = [GpuResidentLoader(images, labels, 8, CIFAR100_MEAN, CIFAR100_STD, "cpu", seed=5, with_index=True,
+                               rank=r, world_size=2) for r in (0, 1)]
+    (_, _, i0), (_, _, i1) = next(iter(ranks[0])), next(iter(ranks[1]))
+    assert set(i0.tolist()).isdisjoint(i1.tolist())  # one shared permutation, split between ranks
+    # identical source images on both ranks would get identical crops if the generators were shared
+    twin = [GpuResidentLoader(np.repeat(images[:1], 64, 0), labels, 8, CIFAR100_MEAN, CIFAR100_STD, "cpu", seed=5,
+                              rank=r, world_size=2) for r in (0, 1)]
+    assert not torch.equal(next(iter(twin[0]))[0], next(iter(twin[1]))[0])
