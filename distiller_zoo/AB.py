@@ -3,7 +3,7 @@ from torch import nn
 
 from models.util import Connector
 
-from .base import Distiller, ModelOutput, Needs, register_distiller
+from .base import Distiller, Needs, register_distiller
 
 
 class ABLoss(nn.Module):
@@ -44,8 +44,8 @@ class ABDistiller(Distiller):
 
     def __init__(self, opt, probe, student, teacher):
         super().__init__(opt, probe, student, teacher)
-        s_shapes = [f.shape for f in ModelOutput(probe.logit_s, probe.feat_s).stage_feats]
-        t_shapes = [f.shape for f in ModelOutput(probe.logit_t, probe.feat_t).stage_feats]
+        s_shapes = [f.shape for f in probe.out_s.stage_feats]
+        t_shapes = [f.shape for f in probe.out_t.stage_feats]
         self.connector = Connector(s_shapes, t_shapes)
         self.criterion = ABLoss(len(s_shapes))
 

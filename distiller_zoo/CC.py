@@ -4,7 +4,7 @@ from torch import nn
 
 from models.util import LinearEmbed
 
-from .base import Distiller, ModelOutput, Needs, register_distiller
+from .base import Distiller, Needs, register_distiller
 
 
 class Correlation(nn.Module):
@@ -24,8 +24,8 @@ class CorrelationDistiller(Distiller):
 
     def __init__(self, opt, probe, student, teacher):
         super().__init__(opt, probe, student, teacher)
-        dim_s = ModelOutput(probe.logit_s, probe.feat_s).pooled.shape[1]
-        dim_t = ModelOutput(probe.logit_t, probe.feat_t).pooled.shape[1]
+        dim_s = probe.out_s.pooled.shape[1]
+        dim_t = probe.out_t.pooled.shape[1]
         self.embed_s = LinearEmbed(dim_s, opt.feat_dim)
         self.embed_t = LinearEmbed(dim_t, opt.feat_dim)
         self.criterion = Correlation()

@@ -3,7 +3,6 @@
 Zhu et al., "Complementary Relation Contrastive Distillation", CVPR 2021. The CRCD code's settings differ from
 CRD's flag defaults here: pass `--nce_k 500 --nce_t 0.05` to train as it does.
 """
-from argparse import Namespace
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +14,7 @@ from crd.relation import RelationMemory
 from helper.errors import UserError
 
 from .base import Distiller, Needs, register_distiller
+from .CRD import crd_options
 from .KD import DistillKL
 
 EMBED_TYPES = ("linear", "nonlinear", "nofc")
@@ -123,12 +123,6 @@ def teacher_gradient_element(head, pooled, targets):
         return torch.autograd.grad(ce, feature)[0]
 
 
-def crcd_options(opt, probe):
-    """opt plus what the criteria read from the probe: s_dim, t_dim (pooled feature sizes) and n_data."""
-    return Namespace(**{**vars(opt), "s_dim": probe.feat_s[-1].flatten(1).shape[1],
-                        "t_dim": probe.feat_t[-1].flatten(1).shape[1], "n_data": probe.n_data})
-
-
 def gradient_criterion(opt):
     """The loss between gradient elements selected by --grad_kd_type."""
     if opt.grad_kd_type == "cos":
@@ -155,7 +149,7 @@ class CRCDDistiller(Distiller):
 
     def __init__(self, opt, probe, student, teacher):
         super().__init__(opt, probe, student, teacher)
-        opt = crcd_options(opt, probe)
+        opt = crd_options(opt, probe)
         self.criterion = CRCDLoss(opt)
         self.with_grad = getattr(opt, "with_grad", False)
         if self.with_grad:

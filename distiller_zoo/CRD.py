@@ -7,9 +7,9 @@ from .base import Distiller, Needs, register_distiller
 
 
 def crd_options(opt, probe):
-    """opt plus what CRDLoss reads from the probe: s_dim, t_dim (pooled feature sizes) and n_data."""
-    return Namespace(**{**vars(opt), "s_dim": probe.feat_s[-1].flatten(1).shape[1],
-                        "t_dim": probe.feat_t[-1].flatten(1).shape[1], "n_data": probe.n_data})
+    """opt plus what CRDLoss and CRCDLoss read from the probe: s_dim, t_dim (pooled feature sizes) and n_data."""
+    return Namespace(**{**vars(opt), "s_dim": probe.out_s.pooled.flatten(1).shape[1],
+                        "t_dim": probe.out_t.pooled.flatten(1).shape[1], "n_data": probe.n_data})
 
 
 @register_distiller("crd")

@@ -5,7 +5,7 @@ from torch import nn
 
 from helper.errors import UserError
 
-from .base import Distiller, ModelOutput, Needs, register_distiller
+from .base import Distiller, Needs, register_distiller
 
 
 def check_fsp_shapes(s_shapes, t_shapes):
@@ -63,8 +63,8 @@ class FSPDistiller(Distiller):
 
     def __init__(self, opt, probe, student, teacher):
         super().__init__(opt, probe, student, teacher)
-        s_shapes = [f.shape for f in ModelOutput(probe.logit_s, probe.feat_s).all_but_pooled]
-        t_shapes = [f.shape for f in ModelOutput(probe.logit_t, probe.feat_t).all_but_pooled]
+        s_shapes = [f.shape for f in probe.out_s.all_but_pooled]
+        t_shapes = [f.shape for f in probe.out_t.all_but_pooled]
         self.criterion = FSP(s_shapes, t_shapes)
 
     def loss(self, out_s, out_t, batch):

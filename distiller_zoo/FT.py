@@ -5,7 +5,7 @@ from torch import nn
 from models.util import Paraphraser, Translator
 
 from .AT import pool_to_common_height
-from .base import Distiller, ModelOutput, Needs, register_distiller
+from .base import Distiller, Needs, register_distiller
 
 
 class FactorTransfer(nn.Module):
@@ -53,8 +53,8 @@ class FactorTransferDistiller(Distiller):
 
     def __init__(self, opt, probe, student, teacher):
         super().__init__(opt, probe, student, teacher)
-        s_shape = ModelOutput(probe.logit_s, probe.feat_s).last_stage.shape
-        t_shape = ModelOutput(probe.logit_t, probe.feat_t).last_stage.shape
+        s_shape = probe.out_s.last_stage.shape
+        t_shape = probe.out_t.last_stage.shape
         self.paraphraser = Paraphraser(t_shape)
         self.translator = Translator(s_shape, t_shape)
         self.criterion = FactorTransfer()

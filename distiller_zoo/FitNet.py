@@ -4,7 +4,7 @@ from torch import nn
 from helper.errors import UserError
 from models.util import ConvReg
 
-from .base import Distiller, ModelOutput, Needs, register_distiller
+from .base import Distiller, Needs, register_distiller
 
 
 class HintLoss(nn.Module):
@@ -33,8 +33,8 @@ class HintDistiller(Distiller):
     def __init__(self, opt, probe, student, teacher):
         super().__init__(opt, probe, student, teacher)
         self.hint_layer = opt.hint_layer
-        f_s = self._probe_feature(ModelOutput(probe.logit_s, probe.feat_s), "student")
-        f_t = self._probe_feature(ModelOutput(probe.logit_t, probe.feat_t), "teacher")
+        f_s = self._probe_feature(probe.out_s, "student")
+        f_t = self._probe_feature(probe.out_t, "teacher")
         self.regress_s = ConvReg(f_s.shape, f_t.shape)
         self.criterion = HintLoss()
 

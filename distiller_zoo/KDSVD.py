@@ -5,7 +5,7 @@ from torch import nn
 
 from helper.errors import UserError
 
-from .base import Distiller, ModelOutput, Needs, register_distiller
+from .base import Distiller, Needs, register_distiller
 
 
 def _zero_non_finite(x):
@@ -80,8 +80,8 @@ class KDSVDDistiller(Distiller):
 
     def __init__(self, opt, probe, student, teacher):
         super().__init__(opt, probe, student, teacher)
-        g_s = ModelOutput(probe.logit_s, probe.feat_s).stage_feats
-        g_t = ModelOutput(probe.logit_t, probe.feat_t).stage_feats
+        g_s = probe.out_s.stage_feats
+        g_t = probe.out_t.stage_feats
         if min(len(g_s), len(g_t)) < 2:
             raise UserError("kdsvd relates consecutive stages, so both networks need at least two stages")
         for stage, (f_s, f_t) in enumerate(zip(g_s, g_t), start=1):

@@ -4,7 +4,7 @@ from torch import nn
 
 from models.util import SelfA
 
-from .base import Distiller, ModelOutput, Needs, register_distiller
+from .base import Distiller, Needs, register_distiller
 
 
 class SemCKDLoss(nn.Module):
@@ -36,8 +36,8 @@ class SemCKDDistiller(Distiller):
 
     def __init__(self, opt, probe, student, teacher):
         super().__init__(opt, probe, student, teacher)
-        g_s = ModelOutput(probe.logit_s, probe.feat_s).stage_feats
-        g_t = ModelOutput(probe.logit_t, probe.feat_t).stage_feats
+        g_s = probe.out_s.stage_feats
+        g_t = probe.out_t.stage_feats
         self.self_attention = SelfA(len(g_s), len(g_t), opt.batch_size, [f.shape[1] for f in g_s],
                                     [f.shape[1] for f in g_t])
         self.criterion = SemCKDLoss()

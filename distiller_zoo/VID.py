@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .AT import pool_to_common_height
-from .base import Distiller, ModelOutput, Needs, register_distiller
+from .base import Distiller, Needs, register_distiller
 
 
 def conv1x1(in_channels, out_channels):
@@ -51,8 +51,8 @@ class VIDDistiller(Distiller):
 
     def __init__(self, opt, probe, student, teacher):
         super().__init__(opt, probe, student, teacher)
-        g_s = ModelOutput(probe.logit_s, probe.feat_s).stage_feats
-        g_t = ModelOutput(probe.logit_t, probe.feat_t).stage_feats
+        g_s = probe.out_s.stage_feats
+        g_t = probe.out_t.stage_feats
         self.criterion = nn.ModuleList(
             [VIDLoss(f_s.shape[1], f_t.shape[1], f_t.shape[1]) for f_s, f_t in zip(g_s, g_t)])
 

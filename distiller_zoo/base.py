@@ -80,6 +80,16 @@ class ProbeShapes:
     n_data: int          # training-set size (memory banks)
     num_classes: int
 
+    @property
+    def out_s(self):
+        """The student's probe output, with ModelOutput's named views (stage_feats, pooled, ...)."""
+        return ModelOutput(self.logit_s, self.feat_s)
+
+    @property
+    def out_t(self):
+        """The teacher's probe output, with ModelOutput's named views."""
+        return ModelOutput(self.logit_t, self.feat_t)
+
 
 class Distiller(nn.Module):
     """Base class: owns a method's criterion and trainable modules.
