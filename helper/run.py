@@ -10,7 +10,7 @@ from helper import distributed
 from helper.distributed import is_main_process
 from helper.errors import UserError
 from helper.loops import train_epoch, validate
-from helper.util import load_checkpoint, lr_at_epoch, plain_options, save_atomic, set_lr, set_seed
+from helper.util import copy_atomic, load_checkpoint, lr_at_epoch, plain_options, save_atomic, set_lr, set_seed
 
 log = logging.getLogger("kd")
 
@@ -125,12 +125,12 @@ def fit(opt, *, arch, num_classes, model, optimizer, loaders, compute, weights, 
                  epoch, lr, stats["loss"], stats.get("acc1", 0.0), acc1, acc5, state.best_acc)
         if is_main_process():
             extra = {k: v for k, v in extra.items() if k != "scalars"}
-            ckpt = build_checkpoint(opt, arch, num_classes, model, optimizer, epoch, acc1, state, extra)
+            last = os.path.join(folder, f"{arch}_last.pth")
+            save_atomic(build_checkpoint(opt, arch, num_classes, model, optimizer, epoch, acc1, state, extra), last)
             if is_best:
-                save_atomic(ckpt, os.path.join(folder, f"{arch}_best.pth"))
+                copy_atomic(last, os.path.join(folder, f"{arch}_best.pth"))
             if epoch % opt.save_freq == 0:
-                save_atomic(ckpt, os.path.join(folder, f"ckpt_epoch_{epoch}.pth"))
-            save_atomic(ckpt, os.path.join(folder, f"{arch}_last.pth"))
+                copy_atomic(last, os.path.join(folder, f"ckpt_epoch_{epoch}.pth"))
         stats = record
     if is_main_process() and stats:
         with open(os.path.join(folder, "results.json"), "w") as f:

@@ -2,6 +2,7 @@
 import math
 import os
 import random
+import shutil
 import tempfile
 
 import numpy as np
@@ -108,12 +109,22 @@ def plain_options(opt):
 
 def save_atomic(obj, path):
     """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    _write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def copy_atomic(src, path):
+    """Copy a written checkpoint to `path` the same atomic way (no second serialisation)."""
+    with open(src, "rb") as source:
+        _write_atomic(path, lambda f: shutil.copyfileobj(source, f))
+
+
+def _write_atomic(path, write):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

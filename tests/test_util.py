@@ -84,3 +84,12 @@ def test_load_weights_names_mismatching_keys_in_one_line():
 def test_load_checkpoint_missing_file_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_checkpoint(str(tmp_path / "nope.pth"))
+
+
+def test_copy_atomic_duplicates_a_checkpoint_without_temporary_files(tmp_path):
+    from helper.util import copy_atomic
+    src = str(tmp_path / "last.pth")
+    save_atomic({"epoch": 7}, src)
+    copy_atomic(src, str(tmp_path / "best.pth"))
+    assert torch.load(tmp_path / "best.pth", weights_only=True)["epoch"] == 7
+    assert sorted(os.listdir(tmp_path)) == ["best.pth", "last.pth"]
