@@ -58,6 +58,8 @@ def parse_option(argv=None):
     p.add_argument("--nce_k", type=int, default=16384, help="CRD negatives per sample (16384)")
     p.add_argument("--nce_t", type=float, default=0.07, help="CRD temperature (0.07)")
     p.add_argument("--nce_m", type=float, default=0.5, help="CRD memory momentum (0.5)")
+    p.add_argument("--memory_dtype", type=str, default="float32", choices=["float32", "bfloat16"],
+                   help="storage of CRD/CRCD memory banks; bfloat16 halves them, scores stay float32 (float32)")
     p.add_argument("--percent", type=float, default=1.0, help="fraction of each class's negatives CRD draws from")
     p.add_argument("--hint_layer", type=int, default=2, choices=[0, 1, 2, 3, 4], help="FitNet feature index (2)")
     p.add_argument("--init_epochs", type=int, default=30, help="init-stage epochs of abound/factor/fsp (30)")
@@ -300,7 +302,7 @@ def main(argv=None):
     state = RunState()
     if opt.resume:
         path = os.path.join(folder, f"{opt.model_s}_last.pth") if opt.resume == "last" else opt.resume
-        state = resume(path, opt.model_s, student, optimizer,
+        state = resume(path, opt.model_s, student, optimizer, opt=opt,
                        restore_extra=lambda ckpt: restore_method_state(ckpt, distiller, temp_module))
     elif needs.init_stage and opt.init_epochs > 0:
         run_init_stage(opt, distiller, student, teacher, data.train_loader, folder, logger, data.train_sampler)

@@ -87,14 +87,24 @@ BASELINE = "repdistiller"
 
 
 def method_specs(args):
-    """name -> (--distill, extra train_student flags); CRCD with its code's settings (K, T 0.05, -r 1 -a 0.9 -b 1)."""
+    """name -> (--distill, extra train_student flags); CRCD with its code's settings (K, T 0.05, -r 1 -a 0.9 -b 1).
+
+    *_bf16bank: the same with --memory_dtype bfloat16 (memory banks stored in bfloat16)."""
     crcd = ["--nce_t", "0.05", "-r", "1", "-a", "0.9", "-b", "1"]
+    bf16_bank = ["--memory_dtype", "bfloat16"]
     return {
         "kd": ("kd", []),
         "crd": ("crd", ["--nce_k", str(args.crd_k)]),
+        "crd_bf16bank": ("crd", ["--nce_k", str(args.crd_k)] + bf16_bank),
         "crcd_k500": ("crcd", ["--nce_k", "500"] + crcd),
         "crcd_k16384": ("crcd", ["--nce_k", "16384"] + crcd),
+        "crcd_k16384_bf16bank": ("crcd", ["--nce_k", "16384"] + crcd + bf16_bank),
     }
+
+
+def uses_short_settings(method):
+    """CRCD and bf16-bank rows run only --crcd_settings (by default the baseline and the fastest setting)."""
+    return method.startswith("crcd") or method.endswith("bf16bank")
 
 
 def parse_args(argv=None):
@@ -118,12 +128,13 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (torch's default; 1 with --quick). On a CPU shared with other jobs, 1 "
                         "avoids OpenMP threads spinning at barriers while a sibling thread is descheduled")
-    p.add_argument("--methods", default="kd,crd,crcd_k500,crcd_k16384", help="comma-separated rows' methods")
+    p.add_argument("--methods", default="kd,crd,crd_bf16bank,crcd_k500,crcd_k16384,crcd_k16384_bf16bank",
+                   help="comma-separated rows' methods")
     p.add_argument("--settings", default=None,
                    help="comma-separated settings for kd and crd (all that apply to the device; no compile with "
                         "--quick): " + ", ".join(SETTINGS))
     p.add_argument("--crcd_settings", default=None,
-                   help="settings of the CRCD rows (the first and last of --settings)")
+                   help="settings of the CRCD and bf16-bank rows (the first and last of --settings)")
     args = p.parse_args(argv)
     device = resolve_device(args.device)
     args.device = str(device)
@@ -465,7 +476,7 @@ def main(argv=None):
     load_start = load_average()
     print(f"bench_kd on {device}: " + "; ".join(machine(device)) + f"; load average {load_start}", flush=True)
     started = time.perf_counter()
-    plan = [(m, s) for m in args.methods for s in (args.crcd_settings if m.startswith("crcd") else args.settings)]
+    plan = [(m, s) for m in args.methods for s in (args.crcd_settings if uses_short_settings(m) else args.settings)]
     rows = []
     for method_name, setting_name in plan:
         t0 = time.perf_counter()

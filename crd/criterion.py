@@ -13,15 +13,18 @@ class CRDLoss(nn.Module):
     """CRD loss (Tian, Krishnan, Isola, ICLR 2020): both symmetric NCE terms, teacher- and student-anchored.
 
     Reads opt.s_dim, opt.t_dim (feature sizes), opt.feat_dim (embedding size), opt.nce_k (negatives),
-    opt.nce_t (temperature), opt.nce_m (memory momentum), opt.n_data (training-set size = memory rows).
+    opt.nce_t (temperature), opt.nce_m (memory momentum), opt.n_data (training-set size = memory rows),
+    opt.memory_dtype (bank storage, float32 | bfloat16; float32 when absent).
     """
 
     def __init__(self, opt):
         super().__init__()
-        check_memory_args(opt.feat_dim, opt.n_data, opt.nce_k, opt.nce_t, opt.nce_m)
+        memory_dtype = getattr(opt, "memory_dtype", "float32")
+        check_memory_args(opt.feat_dim, opt.n_data, opt.nce_k, opt.nce_t, opt.nce_m, memory_dtype=memory_dtype)
         self.embed_s = Embed(opt.s_dim, opt.feat_dim)
         self.embed_t = Embed(opt.t_dim, opt.feat_dim)
-        self.contrast = ContrastMemory(opt.feat_dim, opt.n_data, opt.nce_k, opt.nce_t, opt.nce_m)
+        self.contrast = ContrastMemory(opt.feat_dim, opt.n_data, opt.nce_k, opt.nce_t, opt.nce_m,
+                                       memory_dtype=memory_dtype)
         self.criterion_t = ContrastLoss(opt.n_data)
         self.criterion_s = ContrastLoss(opt.n_data)
 

@@ -13,6 +13,10 @@ Under torchrun (DDP) every rank scores its own batch against the bank, then all 
 update built from the batches of all ranks (`rows_of_all_ranks`), and the normalisation constant is the
 mean over ranks of the first batches: the banks stay identical on every rank, as a single process with
 the global batch would keep them. Without a process group none of this runs (same numbers as before).
+
+Banks may be stored in bfloat16 (`memory_dtype`, --memory_dtype) to halve their memory: rows are upcast
+to float32 (in blocks) before every product, and scores, gradients, the update and Z are float32; the
+only change is the rounding of the stored rows.
 """
 import math
 
@@ -25,6 +29,7 @@ from helper import distributed
 from helper.errors import UserError
 
 SCORE_PATHS = ("auto", "gather", "dense", "sparse")
+MEMORY_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 GATHER_BLOCK_ELEMENTS = 1 << 22  # rows x dims copied at once by the "sparse" path (16 MiB in float32)
 
 
@@ -32,6 +37,35 @@ def uniform_memory(n_rows, dim):
     """Initial bank [n_rows, dim], uniform in [-stdv, stdv] with stdv = 1/sqrt(dim/3), as the peer draws it."""
     stdv = 1. / math.sqrt(dim / 3)
     return torch.rand(n_rows, dim).mul_(2 * stdv).add_(-stdv)
+
+
+def compute_dtype(memory):
+    """The dtype a bank's scores and updates are computed in: its own, float32 for a bfloat16 bank."""
+    return torch.promote_types(memory.dtype, torch.float32)
+
+
+def bank_rows(memory, index, dtype):
+    """memory[index] as `dtype` (index of any shape -> [*index.shape, D]); a fresh tensor."""
+    return memory.index_select(0, index.reshape(-1)).to(dtype).view(*index.shape, memory.shape[1])
+
+
+def times_bank_t(anchor, memory):
+    """anchor [A, D] @ memory.T -> [A, N] in anchor's dtype; a bank in another dtype is upcast in row blocks."""
+    if memory.dtype == anchor.dtype:
+        return anchor @ memory.T
+    rows = max(1, GATHER_BLOCK_ELEMENTS // memory.shape[1])
+    return torch.cat([anchor @ block.to(anchor.dtype).T for block in memory.split(rows)], dim=1)
+
+
+def weighted_row_sums(memory, idx, weights):
+    """sum_k weights[b, k] * memory[idx[b, k]] -> [B, D] in weights' dtype, without a [B, K+1, D] copy.
+
+    embedding_bag when the dtypes agree; a bank in another dtype is read in column blocks of idx."""
+    if memory.dtype == weights.dtype:
+        return F.embedding_bag(idx, memory, per_sample_weights=weights, mode="sum")
+    columns = max(1, GATHER_BLOCK_ELEMENTS // (idx.shape[0] * memory.shape[1]))
+    return sum(torch.bmm(w.unsqueeze(1), bank_rows(memory, block, w.dtype)).squeeze(1)
+               for block, w in zip(idx.split(columns, dim=1), weights.split(columns, dim=1)))
 
 
 def sample_contrast_indices(y, n_rows, K):
@@ -52,14 +86,12 @@ def choose_score_path(n_rows, width, dim):
 
 def gather_scores(memory, anchor, idx):
     """The peer's form: rows memory[idx] copied to [B, K+1, D], bmm with anchor [B, D] -> [B, K+1]."""
-    batch_size, width = idx.shape
-    rows = memory.index_select(0, idx.reshape(-1)).view(batch_size, width, -1)
-    return torch.bmm(rows, anchor.unsqueeze(2)).squeeze(2)
+    return torch.bmm(bank_rows(memory, idx, anchor.dtype), anchor.unsqueeze(2)).squeeze(2)
 
 
 def dense_scores(memory, anchor, idx):
     """anchor [B, D] against every row of memory [N, D] in one GEMM, read at idx [B, K+1] -> [B, K+1]."""
-    return (anchor @ memory.T).gather(1, idx)
+    return times_bank_t(anchor, memory).gather(1, idx)
 
 
 def blockwise_gather_scores(memory, anchor, idx):
@@ -70,9 +102,11 @@ def blockwise_gather_scores(memory, anchor, idx):
 
 @torch.no_grad()
 def momentum_update_(memory, y, value, momentum):
-    """memory[y] <- L2-normalise(momentum * memory[y] + (1 - momentum) * value), in place; y [B], value [B, D]."""
-    rows = memory.index_select(0, y).mul_(momentum).add_(value * (1 - momentum))
-    memory.index_copy_(0, y, rows.div_(rows.pow(2).sum(1, keepdim=True).sqrt()))
+    """memory[y] <- L2-normalise(momentum * memory[y] + (1 - momentum) * value), in place; y [B], value [B, D].
+
+    Computed in value's dtype, then stored in the bank's."""
+    rows = bank_rows(memory, y, value.dtype).mul_(momentum).add_(value * (1 - momentum))
+    memory.index_copy_(0, y, rows.div_(rows.pow(2).sum(1, keepdim=True).sqrt()).to(memory.dtype))
 
 
 def first_occurrences(y):
@@ -110,9 +144,9 @@ class _ScoresThenUpdate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchor, memory, idx, y, value, momentum, score_fn):
         scores = score_fn(memory, anchor, idx)
-        rows_before = memory.index_select(0, y)
+        rows_before = bank_rows(memory, y, anchor.dtype)
         momentum_update_(memory, y, value, momentum)
-        change = torch.cat([rows_before - memory.index_select(0, y), rows_before.new_zeros(1, rows_before.shape[1])])
+        change = torch.cat([rows_before - bank_rows(memory, y, anchor.dtype), rows_before.new_zeros(1, memory.shape[1])])
         ctx.save_for_backward(memory, idx, y, change)
         return scores
 
@@ -122,7 +156,7 @@ class _ScoresThenUpdate(torch.autograd.Function):
         memory, idx, y, change = ctx.saved_tensors
         slot = torch.full((memory.shape[0],), y.shape[0], dtype=torch.long, device=idx.device)
         slot[y] = torch.arange(y.shape[0], device=idx.device)  # row -> its entry in `change`; others -> zero row
-        grad_anchor = F.embedding_bag(idx, memory, per_sample_weights=grad_scores, mode="sum")
+        grad_anchor = weighted_row_sums(memory, idx, grad_scores)
         grad_anchor += F.embedding_bag(slot[idx], change, per_sample_weights=grad_scores, mode="sum")
         return grad_anchor, None, None, None, None, None, None
 
@@ -133,13 +167,18 @@ class ContrastMemory(nn.Module):
     # Kept identical across DDP ranks by the collective updates below; helper.distributed does not re-broadcast them.
     rank_consistent_buffers = ("params", "memory_v1", "memory_v2")
 
-    def __init__(self, inputSize, outputSize, K, T=0.07, momentum=0.5, score_path="auto"):
+    def __init__(self, inputSize, outputSize, K, T=0.07, momentum=0.5, score_path="auto", memory_dtype="float32"):
         super().__init__()
-        check_memory_args(inputSize, outputSize, K, T, momentum, score_path)
+        check_memory_args(inputSize, outputSize, K, T, momentum, score_path, memory_dtype)
         self.K, self.T, self.momentum, self.score_path = K, T, momentum, score_path
         self.register_buffer("params", torch.tensor([K, T, -1, -1, momentum]))
-        self.register_buffer("memory_v1", uniform_memory(outputSize, inputSize))
-        self.register_buffer("memory_v2", uniform_memory(outputSize, inputSize))
+        dtype = MEMORY_DTYPES[memory_dtype]
+        self.register_buffer("memory_v1", self.initial_bank(outputSize, inputSize).to(dtype))
+        self.register_buffer("memory_v2", self.initial_bank(outputSize, inputSize).to(dtype))
+
+    def initial_bank(self, n_rows, dim):
+        """A bank [n_rows, dim] before it is cast to memory_dtype."""
+        return uniform_memory(n_rows, dim)
 
     def forward(self, v1, v2, y, idx=None):
         """v1, v2: embeddings [B, D] (student, teacher); y: dataset indices [B]; idx: [B, K+1], positive first.
@@ -151,7 +190,7 @@ class ContrastMemory(nn.Module):
             idx = sample_contrast_indices(y, self.memory_v1.shape[0], self.K)
         path = self.resolve_path(idx.shape[1])
         with torch.autocast(v1.device.type, enabled=False):
-            v1, v2 = v1.to(self.memory_v1.dtype), v2.to(self.memory_v2.dtype)
+            v1, v2 = v1.to(compute_dtype(self.memory_v1)), v2.to(compute_dtype(self.memory_v2))
             rows, new_v1, new_v2 = rows_of_all_ranks(y, v1, v2)
             exp_v2 = torch.exp(self.scores_then_update(self.memory_v1, v2, idx, rows, new_v1, path) / self.T)
             exp_v1 = torch.exp(self.scores_then_update(self.memory_v2, v1, idx, rows, new_v2, path) / self.T)
@@ -188,7 +227,7 @@ class ContrastMemory(nn.Module):
         return self.params[2:4].clone()
 
 
-def check_memory_args(inputSize, outputSize, K, T, momentum, score_path="auto"):
+def check_memory_args(inputSize, outputSize, K, T, momentum, score_path="auto", memory_dtype="float32"):
     """One-line UserError for a memory that cannot work."""
     if inputSize < 1:
         raise UserError(f"--feat_dim must be >= 1, got {inputSize}")
@@ -202,3 +241,5 @@ def check_memory_args(inputSize, outputSize, K, T, momentum, score_path="auto"):
         raise UserError(f"--nce_m must be in [0, 1], got {momentum}")
     if score_path not in SCORE_PATHS:
         raise UserError(f"unknown CRD score path {score_path!r}; choose one of: {', '.join(SCORE_PATHS)}")
+    if memory_dtype not in MEMORY_DTYPES:
+        raise UserError(f"unknown --memory_dtype {memory_dtype!r}; choose one of: {', '.join(MEMORY_DTYPES)}")

@@ -20,7 +20,8 @@ from typing import NamedTuple
 import torch
 
 import crd.memory as memory_module
-from crd.memory import ContrastMemory, rows_of_all_ranks, sample_contrast_indices
+from crd.memory import (ContrastMemory, bank_rows, compute_dtype, rows_of_all_ranks, sample_contrast_indices,
+                        times_bank_t)
 
 RELATION_SHIFT = 1e-6  # the CRCD code adds 1e-6 to every coordinate of each relation vector
 NORM_FLOOR = 1e-12     # F.normalize's floor on a norm
@@ -48,20 +49,34 @@ def anchor_gram(memory, anchors, idx, path):
     crd.memory.GATHER_BLOCK_ELEMENTS values.
     """
     if path == "dense":
-        return (anchors @ memory.T)[:, idx]
+        return times_bank_t(anchors, memory)[:, idx]
     per_block = max(1, memory_module.GATHER_BLOCK_ELEMENTS // (idx.shape[1] * memory.shape[1]))
-    blocks = [(anchors @ memory.index_select(0, block.reshape(-1)).T).view(anchors.shape[0], *block.shape)
+    blocks = [(anchors @ bank_rows(memory, block.reshape(-1), anchors.dtype).T).view(anchors.shape[0], *block.shape)
               for block in idx.split(per_block, dim=0)]
     return torch.cat(blocks, dim=1)
 
 
 @torch.no_grad()
 def row_stats(memory, y, idx, path):
-    """RowStats of bank memory [N, D] for anchors y [B] and sampled rows idx [B, K+1]."""
-    sums, squares = memory.sum(1), memory.pow(2).sum(1)
-    return RowStats(gram=anchor_gram(memory, memory.index_select(0, y), idx, path), row_sum=sums[idx],
+    """RowStats of bank memory [N, D] for anchors y [B] and sampled rows idx [B, K+1], in compute_dtype(memory)."""
+    sums, squares = row_sums_and_squares(memory)
+    anchors = bank_rows(memory, y, compute_dtype(memory))
+    return RowStats(gram=anchor_gram(memory, anchors, idx, path), row_sum=sums[idx],
                     row_sq=squares[idx], anchor_sum=sums[y], anchor_sq=squares[y],
                     same=idx.unsqueeze(0) == y.view(-1, 1, 1))
+
+
+def row_sums_and_squares(memory):
+    """(coordinate sums [N], squared norms [N]) of the rows of memory [N, D], in compute_dtype(memory)."""
+    dtype = compute_dtype(memory)
+    if memory.dtype == dtype:
+        return memory.sum(1), memory.pow(2).sum(1)
+    sums, squares = [], []
+    for block in memory.split(max(1, memory_module.GATHER_BLOCK_ELEMENTS // memory.shape[1])):
+        block = block.to(dtype)
+        sums.append(block.sum(1))
+        squares.append(block.pow(2).sum(1))
+    return torch.cat(sums), torch.cat(squares)
 
 
 @torch.no_grad()
@@ -100,10 +115,12 @@ class RelationMemory(ContrastMemory):
     are scaled to unit norm, as the CRCD code does.
     """
 
-    def __init__(self, inputSize, outputSize, K, T=0.05, momentum=0.5, score_path="auto"):
-        super().__init__(inputSize, outputSize, K, T, momentum, score_path)
-        normalise_rows_(self.memory_v1)
-        normalise_rows_(self.memory_v2)
+    def __init__(self, inputSize, outputSize, K, T=0.05, momentum=0.5, score_path="auto", memory_dtype="float32"):
+        super().__init__(inputSize, outputSize, K, T, momentum, score_path, memory_dtype)
+
+    def initial_bank(self, n_rows, dim):
+        """CRD's uniform bank with unit rows, before it is cast to memory_dtype."""
+        return normalise_rows_(super().initial_bank(n_rows, dim))
 
     def forward(self, v1, v2, y, idx=None):
         """v1, v2: unit embeddings [B, D] (student, teacher); y [B] dataset indices; idx [B, K+1], positive first.
@@ -115,7 +132,7 @@ class RelationMemory(ContrastMemory):
             idx = sample_contrast_indices(y, self.memory_v1.shape[0], self.K)
         path = self.resolve_path(idx.shape[1] + y.shape[0])
         with torch.autocast(v1.device.type, enabled=False):
-            v1, v2 = v1.to(self.memory_v1.dtype), v2.to(self.memory_v2.dtype)
+            v1, v2 = v1.to(compute_dtype(self.memory_v1)), v2.to(compute_dtype(self.memory_v2))
             rows, new_v1, new_v2 = rows_of_all_ranks(y, v1, v2)
             exp_v1 = self.relations_then_update(self.memory_v2, v1, y, idx, v2, path, (rows, new_v2)).exp_()
             exp_v2 = self.relations_then_update(self.memory_v1, v2, y, idx, v1, path, (rows, new_v1)).exp_()

@@ -21,7 +21,8 @@ EMBED_TYPES = ("linear", "nonlinear", "nofc")
 GRAD_KD_TYPES = ("cos", "crd", "crcd")
 GRAD_COMBINES = ("sum", "product")
 # What CRCDLoss reads from opt when a field is missing: the CRCD code's flag defaults.
-CRCD_DEFAULTS = {"embed_type": "linear", "feat_dim": 128, "nce_k": 500, "nce_t": 0.05, "nce_m": 0.5}
+CRCD_DEFAULTS = {"embed_type": "linear", "feat_dim": 128, "nce_k": 500, "nce_t": 0.05, "nce_m": 0.5,
+                 "memory_dtype": "float32"}
 COS_GRAD_SCALE = 10.0  # the CRCD code multiplies its cosine gradient loss by 10
 
 
@@ -34,18 +35,20 @@ class CRCDLoss(nn.Module):
     """Relation contrastive loss of CRCD (Zhu et al., CVPR 2021), student- and teacher-side terms summed.
 
     Reads opt.embed_type (linear | nonlinear | nofc, default linear), opt.s_dim, opt.t_dim, opt.feat_dim (128;
-    the feature size itself with nofc), opt.nce_k (500), opt.nce_t (0.05), opt.nce_m (0.5), opt.n_data.
+    the feature size itself with nofc), opt.nce_k (500), opt.nce_t (0.05), opt.nce_m (0.5), opt.n_data,
+    opt.memory_dtype (bank storage, float32 | bfloat16; float32).
     """
 
     def __init__(self, opt):
         super().__init__()
         embed_type = crcd_option(opt, "embed_type")
         feat_dim = embedding_size(embed_type, opt.s_dim, opt.t_dim, crcd_option(opt, "feat_dim"))
-        nce_k, nce_t, nce_m = (crcd_option(opt, name) for name in ("nce_k", "nce_t", "nce_m"))
-        check_memory_args(feat_dim, opt.n_data, nce_k, nce_t, nce_m)
+        nce_k, nce_t, nce_m, memory_dtype = (crcd_option(opt, name)
+                                             for name in ("nce_k", "nce_t", "nce_m", "memory_dtype"))
+        check_memory_args(feat_dim, opt.n_data, nce_k, nce_t, nce_m, memory_dtype=memory_dtype)
         self.embed_s = CRCDEmbed(opt.s_dim, feat_dim, embed_type)
         self.embed_t = CRCDEmbed(opt.t_dim, feat_dim, embed_type)
-        self.contrast = RelationMemory(feat_dim, opt.n_data, nce_k, nce_t, nce_m)
+        self.contrast = RelationMemory(feat_dim, opt.n_data, nce_k, nce_t, nce_m, memory_dtype=memory_dtype)
         self.criterion_s = ContrastLoss(opt.n_data)
         self.criterion_t = ContrastLoss(opt.n_data)
 
@@ -101,17 +104,22 @@ def classifier_head(model):
     return linears[-1]
 
 
-def check_head(head, pooled, logits):
+def check_head(head, pooled, logits, role="teacher"):
     """Fail at start-up unless head(pooled [B, D]) reproduces logits [B, C] (the probe batch)."""
     with torch.no_grad():
         if head.in_features != pooled.shape[1] or not torch.allclose(head(pooled), logits, rtol=1e-3, atol=1e-4):
-            raise UserError("--with_grad: the teacher's last nn.Linear does not map its pooled feature to its "
+            raise UserError(f"--with_grad: the {role}'s last nn.Linear does not map its pooled feature to its "
                             "logits, so its gradient elements cannot be taken from the head alone")
 
 
-def student_gradient_element(logits, pooled, targets):
-    """d CE(logits, y) / d pooled for the student: [B, D], with a graph so a loss on it trains the student."""
-    ce = F.cross_entropy(logits.float(), targets)
+def student_gradient_element(head, pooled, targets):
+    """d CE(head(f), y) / d f at the student's pooled feature f [B, D], with a graph so a loss on it trains the student.
+
+    The logits are recomputed from `pooled` by the classifier head rather than taken from the network's output:
+    under --amp bf16 (pooled is a float32 copy of the forward's output) or --compile (pooled and logits are two
+    outputs of one compiled node) the network's logits are not a function of `pooled` in the autograd graph.
+    """
+    ce = F.cross_entropy(head(pooled).float(), targets)
     return torch.autograd.grad(ce, pooled, create_graph=True)[0]
 
 
@@ -156,10 +164,11 @@ class CRCDDistiller(Distiller):
             self.grad_kd_type, self.grad_combine = opt.grad_kd_type, opt.grad_combine
             self.grad_criterion = gradient_criterion(opt)
             self.kl = DistillKL(opt.kd_T)
-            head = classifier_head(teacher)
-            check_head(head, probe.feat_t[-1].flatten(1), probe.logit_t)
-            # Kept out of the module tree: the teacher's weights are neither this method's parameters nor its state.
-            self.__dict__["teacher_head"] = head
+            student_head, teacher_head = classifier_head(student), classifier_head(teacher)
+            check_head(student_head, probe.feat_s[-1].flatten(1), probe.logit_s, "student")
+            check_head(teacher_head, probe.feat_t[-1].flatten(1), probe.logit_t)
+            # Kept out of the module tree: the networks' weights are neither this method's parameters nor its state.
+            self.__dict__["student_head"], self.__dict__["teacher_head"] = student_head, teacher_head
 
     @classmethod
     def add_args(cls, parser):
@@ -192,7 +201,7 @@ class CRCDDistiller(Distiller):
 
     def gradient_loss(self, out_s, out_t, batch):
         """--grad_kd_type loss between the gradient elements [B, D] (times the KL with --grad_combine product)."""
-        g_s = student_gradient_element(out_s.logits, out_s.pooled, batch.targets)
+        g_s = student_gradient_element(self.student_head, out_s.pooled.flatten(1), batch.targets)
         g_t = teacher_gradient_element(self.teacher_head, out_t.pooled.flatten(1), batch.targets)
         if self.grad_kd_type == "cos":
             loss = self.grad_criterion(g_s, g_t)

@@ -38,6 +38,8 @@ def add_training_args(parser):
     p.add_argument("--device", type=str, default="auto", help="cpu, cuda, cuda:N or auto (auto)")
     p.add_argument("--resume", type=str, nargs="?", const="last", default=None,
                    help="resume from a checkpoint path, or from this run's last checkpoint if no path is given")
+    p.add_argument("--allow_batch_change", action="store_true",
+                   help="let --resume continue with a global batch (processes x --batch_size) other than the checkpoint's")
     p.add_argument("--no_progress", action="store_true", default=None, help="hide progress bars")
     return p
 

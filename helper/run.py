@@ -55,9 +55,10 @@ def unwrap(model):
     return getattr(model, "_orig_mod", model)
 
 
-def resume(path, arch, model, optimizer, restore_extra=None):
+def resume(path, arch, model, optimizer, restore_extra=None, opt=None):
     """Load weights, optimizer and counters from `path`; returns the RunState to continue from.
 
+    With `opt`, the run's global batch must be the checkpoint's (check_global_batch).
     Under torchrun every rank calls this with the same file: it is read to the CPU, then copied into
     each rank's own device (no rank allocates on another's GPU).
     """
@@ -66,6 +67,8 @@ def resume(path, arch, model, optimizer, restore_extra=None):
         raise UserError(f"--resume {path} holds a {ckpt.get('arch')!r} model but this run trains {arch!r}")
     if "optimizer" not in ckpt or "epoch" not in ckpt:
         raise UserError(f"--resume {path} has no optimizer state/epoch (is it a *_last.pth or ckpt_epoch_N.pth?)")
+    if opt is not None:
+        check_global_batch(ckpt.get("opt", {}), opt, path)
     unwrap(model).load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     if restore_extra is not None:
@@ -73,6 +76,26 @@ def resume(path, arch, model, optimizer, restore_extra=None):
     log.info("resumed from %s at epoch %d (best acc %.2f)", path, ckpt["epoch"], ckpt.get("best_acc", 0.0))
     return RunState(start_epoch=ckpt["epoch"] + 1, best_acc=ckpt.get("best_acc", 0.0),
                     best_epoch=ckpt.get("best_epoch", 0))
+
+
+def check_global_batch(saved, opt, path):
+    """Refuse to resume with another global batch (processes x --batch_size) than the checkpoint's options
+    `saved` record, unless opt.allow_batch_change; the same global batch on another number of processes is
+    allowed, with a warning that the run no longer replays the uninterrupted one."""
+    if "batch_size" not in saved:
+        return
+    saved_world, world = saved.get("world_size", 1), getattr(opt, "world_size", 1)
+    before, now = saved["batch_size"] * saved_world, opt.batch_size * world
+    if before != now and not getattr(opt, "allow_batch_change", False):
+        keep = f"--batch_size {before // world}" if before % world == 0 else f"{saved_world} processes"
+        raise UserError(f"--resume {path} was trained with a global batch of {before} ({saved_world} process(es) x "
+                        f"--batch_size {saved['batch_size']}) but this run's is {now} ({world} x {opt.batch_size}); "
+                        f"use {keep} to keep it, or pass --allow_batch_change to continue with {now}")
+    if before != now:
+        log.warning("resuming with a global batch of %d instead of %d (--allow_batch_change)", now, before)
+    elif saved_world != world:
+        log.warning("resuming on %d process(es) instead of %d with the same global batch of %d: the samples, "
+                    "augmentations and negatives drawn differ from those of an uninterrupted run", world, saved_world, now)
 
 
 def seed_epoch(seed, epoch, loader, sampler=None):

@@ -263,7 +263,9 @@ def test_gradient_elements_equal_autograd_through_the_full_models():
     torch.testing.assert_close(got_t, want_t)
 
     feats_s, logits_s = student(x, is_feat=True)
-    got_s = student_gradient_element(logits_s, feats_s[-1], y)
+    want_s = torch.autograd.grad(F.cross_entropy(logits_s, y), feats_s[-1], retain_graph=True)[0]
+    got_s = student_gradient_element(classifier_head(student), feats_s[-1], y)
+    torch.testing.assert_close(got_s, want_s)
     closed_form = (F.softmax(logits_s, dim=1) - F.one_hot(y, 10)) @ student.fc.weight / 6
     torch.testing.assert_close(got_s, closed_form)
     got_s.pow(2).sum().backward()  # the student trains through its gradient element
@@ -354,7 +356,11 @@ def test_gradient_options_that_cannot_work_fail_at_construction():
         CRCDDistiller(adapter_opt(with_grad=True), probe_of(student, wide_teacher), student, wide_teacher)
     probe = probe_of(student, teacher)
     probe.logit_t = probe.logit_t + 1
-    with pytest.raises(UserError, match="pooled feature to its logits"):
+    with pytest.raises(UserError, match="teacher's last nn.Linear does not map its pooled feature to its logits"):
+        CRCDDistiller(adapter_opt(with_grad=True), probe, student, teacher)
+    probe = probe_of(student, teacher)
+    probe.logit_s = probe.logit_s + 1
+    with pytest.raises(UserError, match="student's last nn.Linear"):
         CRCDDistiller(adapter_opt(with_grad=True), probe, student, teacher)
     embedded = CRCDDistiller(adapter_opt(with_grad=True, grad_kd_type="crcd"), probe_of(student, wide_teacher),
                              student, wide_teacher)

@@ -239,6 +239,19 @@ def test_bf16_autocast_tracks_fp32_over_five_kd_steps_and_ctkd_temperature_learn
     assert "temp_mean" in bf16.plugin.scalars()
 
 
+def test_crcd_gradient_elements_train_under_bf16_and_track_fp32():
+    """--with_grad differentiates CE w.r.t. the pooled feature: under autocast the network's logits are not a
+    function of the float32 pooled copy, so the gradient element must come through the classifier head."""
+    fp32 = Run(make_opt("crcd", "--with_grad", "--nce_k", str(NCE_K)))
+    bf16 = fp32.fast(amp="bf16", channels_last=True)
+    batches = gpu_batches(fp32.distiller.needs, 3)
+    loss_fp32, _ = fp32.train(batches)
+    loss_bf16, _ = bf16.train(batches)
+    assert all(np.isfinite(loss_bf16))
+    np.testing.assert_allclose(loss_bf16, loss_fp32, rtol=BF16_LOSS_RTOL)
+    assert bf16.student.fc.weight.grad.abs().sum() > 0
+
+
 def test_bf16_outputs_are_float32_and_close():
     torch.manual_seed(0)
     model = build_model(STUDENT, CLASSES).eval()
@@ -358,7 +371,7 @@ def test_bench_kd_quick_prints_the_table():
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "| method | setting | step ms (median) | min-max ms | images/s |" in out
-    for method in ("kd", "crd", "crcd_k500", "crcd_k16384"):
+    for method in ("kd", "crd", "crd_bf16bank", "crcd_k500", "crcd_k16384", "crcd_k16384_bf16bank"):
         for setting in ("repdistiller", "+bf16"):
             assert f"| {method} | {setting} |" in out, out
     assert "failed" not in out, out

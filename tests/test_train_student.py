@@ -48,12 +48,14 @@ def test_kd_student_learns_and_records_every_loss_term(tmp_path, teacher_path):
     assert ckpt["arch"] == "resnet8" and ckpt["teacher_arch"] == "resnet20" and ckpt["distill"] == "kd"
 
 
-def test_crd_resume_restores_the_memory_bank_and_replays_exactly(tmp_path, teacher_path):
-    crd = ["--distill", "crd", "--nce_k", "64", "-r", "1", "-a", "0", "-b", "0.8"]
+@pytest.mark.parametrize("memory_dtype", ["float32", "bfloat16"])
+def test_crd_resume_restores_the_memory_bank_and_replays_exactly(tmp_path, teacher_path, memory_dtype):
+    crd = ["--distill", "crd", "--nce_k", "64", "-r", "1", "-a", "0", "-b", "0.8", "--memory_dtype", memory_dtype]
     folder_name = "S:resnet8_T:resnet20_fashion_mnist_crd_r:1.0_a:0.0_b:0.8_0"
     train_student.main(student_args(tmp_path / "split", teacher_path, *crd, "--epochs", "1"))
     first = torch.load(tmp_path / "split" / "student" / folder_name / "resnet8_last.pth", weights_only=True)
     bank = first["distiller"]["criterion.contrast.memory_v1"]
+    assert bank.dtype == getattr(torch, memory_dtype)
     train_student.main(student_args(tmp_path / "split", teacher_path, *crd, "--epochs", "2", "--resume"))
     train_student.main(student_args(tmp_path / "whole", teacher_path, *crd, "--epochs", "2"))
     resumed = torch.load(tmp_path / "split" / "student" / folder_name / "resnet8_last.pth", weights_only=True)

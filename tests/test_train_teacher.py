@@ -72,3 +72,16 @@ def test_fast_path_flags_train_and_keep_checkpoint_keys(tmp_path):
     assert all(v.dtype == torch.float32 for k, v in ckpt["model"].items() if v.is_floating_point())
     from models import build_model
     assert list(ckpt["model"]) == list(build_model("resnet8", 10).state_dict())
+
+
+@needs_fmnist
+def test_resume_with_another_global_batch_needs_allow_batch_change(tmp_path):
+    train_teacher.main(teacher_args(tmp_path, "--epochs", "1", "--subset", "256"))
+    message = r"global batch of 64 \(1 process\(es\) x --batch_size 64\) but this run's is 32 .*--batch_size 64 to keep"
+    with pytest.raises(UserError, match=message):
+        train_teacher.main(teacher_args(tmp_path, "--epochs", "2", "--subset", "256", "--resume", "--batch_size", "32"))
+    state = train_teacher.main(teacher_args(tmp_path, "--epochs", "2", "--subset", "256", "--resume",
+                                            "--batch_size", "32", "--allow_batch_change"))
+    assert state.start_epoch == 2
+    last = torch.load(run_folder(tmp_path) / "resnet8_last.pth", weights_only=True)
+    assert last["epoch"] == 2 and last["opt"]["batch_size"] == 32

@@ -93,3 +93,24 @@ def test_copy_atomic_duplicates_a_checkpoint_without_temporary_files(tmp_path):
     copy_atomic(src, str(tmp_path / "best.pth"))
     assert torch.load(tmp_path / "best.pth", weights_only=True)["epoch"] == 7
     assert sorted(os.listdir(tmp_path)) == ["best.pth", "last.pth"]
+
+
+@pytest.mark.parametrize("saved_world, world, batch, outcome", [
+    (2, 1, 64, "--batch_size 128 to keep"),      # half the processes: double the per-process batch
+    (2, 4, 64, "--batch_size 32 to keep"),
+    (4, 3, 64, "4 processes to keep"),           # 256 is not a multiple of 3 processes
+    (2, 1, 128, "warn"), (2, 4, 32, "warn"),     # same global batch on another process count
+    (2, 2, 64, "silent"), (1, 1, 64, "silent")])
+def test_resume_keeps_the_global_batch_across_process_counts(saved_world, world, batch, outcome, caplog):
+    from argparse import Namespace
+
+    from helper.run import check_global_batch
+    saved = {"batch_size": 64, "world_size": saved_world}
+    opt = Namespace(batch_size=batch, world_size=world, allow_batch_change=False)
+    if outcome not in ("warn", "silent"):
+        with pytest.raises(UserError, match=f"global batch of {64 * saved_world} .*{outcome}.*--allow_batch_change"):
+            check_global_batch(saved, opt, "ckpt.pth")
+        opt.allow_batch_change = True
+    with caplog.at_level("WARNING", logger="kd"):
+        check_global_batch(saved, opt, "ckpt.pth")
+    assert bool(caplog.records) == (outcome != "silent")
