@@ -242,7 +242,7 @@ def run_init_stage(opt, distiller, student, teacher, loader, folder, logger, sam
 
     init_step = fast.wrap_step(compute, opt)
     if opt.distributed:
-        init_step = distributed.wrap(LossStep(compute, [modules]), opt, find_unused_parameters=True)
+        init_step = distributed.wrap(LossStep(init_step, [modules]), opt, find_unused_parameters=True)
     for epoch in range(1, opt.init_epochs + 1):
         seed_epoch(opt.seed - epoch, epoch, loader, sampler)
         stats = train_epoch(epoch, loader, init_step, optimizer, lambda *step: {"init": 1.0}, opt,

@@ -33,6 +33,7 @@ last step, which ends at the epoch's print point (its one finite-loss check), is
 import argparse
 import ctypes
 import datetime
+import gc
 import os
 import platform
 import re
@@ -286,6 +287,7 @@ def release_freed_memory():
 
 
 def reset_peak(device):
+    gc.collect()  # the fast path's forward wrappers and compiled modules form reference cycles: free earlier rows
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -375,6 +377,7 @@ def run_row(args, method_name, setting_name):
                peak=peak_bytes(device), step_syncs=statistics.median(loader.step_syncs[warmup:-1] or [0]),
                fetch_syncs=statistics.median(loader.fetch_syncs[warmup:]), loss=stats["loss"], steps=len(times))
     del data, teacher, student, distiller, optimizer, compute
+    gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return row
@@ -469,6 +472,8 @@ Not measured yet: run `python benchmarks/bench_kd.py --device cuda --write` on a
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # CUDA events and synchronize() act on the current device
     torch.set_num_threads(args.threads)
     release_freed_memory()
     install_synthetic_cifar(args.images)

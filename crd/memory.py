@@ -109,27 +109,31 @@ def momentum_update_(memory, y, value, momentum):
     memory.index_copy_(0, y, rows.div_(rows.pow(2).sum(1, keepdim=True).sqrt()).to(memory.dtype))
 
 
-def first_occurrences(y):
-    """Positions [U] (ascending) of the first occurrence of each distinct value of y [M]."""
-    unique, inverse = torch.unique(y, return_inverse=True)
+def first_occurrence_positions(y):
+    """[M] -> [M]: for each position j, the first position i with y[i] == y[j] (fixed shapes: no host sync)."""
+    sorted_y, order = torch.sort(y, stable=True)
     positions = torch.arange(y.shape[0], device=y.device)
-    first = torch.full((unique.shape[0],), y.shape[0], dtype=positions.dtype, device=y.device)
-    return first.scatter_reduce_(0, inverse, positions, reduce="amin").sort().values
+    run_start = torch.ones_like(sorted_y, dtype=torch.bool)
+    run_start[1:] = sorted_y[1:] != sorted_y[:-1]
+    start = torch.where(run_start, positions, 0).cummax(0).values  # each sorted entry -> start of its run
+    first = torch.empty_like(order)
+    first[order] = order[start]  # a stable sort puts a run's first position at its start
+    return first
 
 
 def rows_of_all_ranks(y, *values):
     """The momentum update's rows: (y [B], *values [B, D]) unchanged in a single process.
 
-    Under DDP: the indices and (detached) values of every rank's batch in rank order, each dataset index
-    kept once (its first occurrence; DistributedSampler pads the last shares with repeated samples), so
-    every rank updates its bank with the same rows.
+    Under DDP: the indices and (detached) values of every rank's batch in rank order (the ranks' batches have
+    equal sizes), every repeat of a dataset index carrying the value of its first occurrence (DistributedSampler
+    pads the last shares with repeated samples). Repeats then write identical rows, so every rank's bank
+    gets the update a single process would make with each index once, without a host sync.
     """
     if not distributed.is_distributed():
         return (y, *values)
     width = [v.shape[1] for v in values]
-    y_all, values_all = distributed.all_gather_cat(y, torch.cat([v.detach() for v in values], dim=1))
-    keep = first_occurrences(y_all)
-    return (y_all[keep], *values_all[keep].split(width, dim=1))
+    y_all, values_all = distributed.all_gather_equal(y, torch.cat([v.detach() for v in values], dim=1))
+    return (y_all, *values_all[first_occurrence_positions(y_all)].split(width, dim=1))
 
 
 class _ScoresThenUpdate(torch.autograd.Function):

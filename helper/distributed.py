@@ -153,26 +153,20 @@ def broadcast_buffers(*modules, include_consistent=False):
                     dist.broadcast(buffer, src=0)
 
 
-def all_gather_cat(*tensors):
-    """Each tensor [n_r, ...] of every rank concatenated along dim 0 in rank order; n_r may differ by rank.
+def all_gather_equal(*tensors):
+    """Each tensor [n, ...] of every rank concatenated along dim 0 in rank order -> [world_size * n, ...].
 
-    All tensors of one call share n_r. Without a process group the tensors come back unchanged.
+    Every rank must pass the same shapes: the training loaders give the ranks equal shares (DistributedSampler
+    pads; the GPU-resident loader trims), so each step's batches have equal sizes. No host sync. Without a
+    process group the tensors come back unchanged.
     """
     if not is_distributed():
         return tensors
-    count = tensors[0].shape[0]
-    device = tensors[0].device
-    counts = [torch.zeros(1, dtype=torch.int64, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(counts, torch.tensor([count], dtype=torch.int64, device=device))
-    counts = [int(c) for c in counts]
-    width = max(counts)
     out = []
     for tensor in tensors:
-        padded = tensor.new_zeros((width, *tensor.shape[1:]))
-        padded[:count] = tensor
-        parts = [torch.empty_like(padded) for _ in counts]
-        dist.all_gather(parts, padded.contiguous())
-        out.append(torch.cat([part[:n] for part, n in zip(parts, counts)]))
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor.contiguous())
+        out.append(torch.cat(parts))
     return tuple(out)
 
 

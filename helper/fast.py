@@ -85,7 +85,7 @@ def check_fast_args(opt, logger=log):
     if _get(opt, "cuda_graphs", False) and not _get(opt, "compile", False):
         logger.info("--cuda_graphs implies --compile (torch.compile mode reduce-overhead)")
         opt.compile = True
-    if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if dtype is torch.bfloat16 and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
         raise UserError(f"--amp bf16: {torch.cuda.get_device_name(device)} does not support bfloat16; drop --amp")
     return opt
 
@@ -194,6 +194,18 @@ def prepare_models(opt, student, teacher=None, extra=()):
         if compiled:
             model.compile(**kwargs)
     return student, teacher
+
+
+def wrap_forward(model, opt):
+    """model for evaluation: with --cuda_graphs each call starts a new CUDA-graph step (as wrap_step does), so
+    graph trees do not chain one recording per validation batch."""
+    if not (_get(opt, "cuda_graphs", False) and _device(opt).type == "cuda"):
+        return model
+
+    def forward(images):
+        torch.compiler.cudagraph_mark_step_begin()
+        return model(images)
+    return forward
 
 
 def wrap_step(compute, opt):

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from distiller_zoo.base import Batch, ModelOutput
-from helper import distributed
+from helper import distributed, fast
 from helper.errors import NonFiniteLossError
 from helper.util import AverageMeter, accuracy
 
@@ -100,8 +100,8 @@ def train_epoch(epoch, loader, compute, optimizer, weights, opt, train_modules, 
         batch = Batch.from_loader(items, device)
         batch.epoch = epoch
         n = batch.targets.shape[0]
+        optimizer.zero_grad(set_to_none=True)  # before the step: no stale grads alive across CUDA-graph steps
         loss, logits, terms = run_step(compute, batch, weights(epoch, i, n_iter))
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
@@ -135,16 +135,17 @@ def train_vanilla(epoch, train_loader, model, criterion, optimizer, opt):
 def validate(val_loader, model, criterion, opt):
     """Top-1, top-5 (percent) and mean loss over the whole loader; sums reduced across ranks under DDP."""
     model.eval()
+    forward = fast.wrap_forward(model, opt)
     device = opt.device
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct@1, correct@5, loss sum, count
     for items in tqdm(val_loader, desc="val", leave=False, disable=getattr(opt, "no_progress", None)):
         images, targets = items[0].to(device, non_blocking=True), items[1].to(device, non_blocking=True)
-        logits = model(images)
+        logits = forward(images)
         n = targets.shape[0]
         acc1, acc5 = accuracy(logits, targets, topk=(1, 5))
         loss = criterion(logits.float(), targets)
-        totals += torch.stack([acc1 * n / 100, acc5 * n / 100, loss * n,
-                               torch.tensor(float(n), device=device)]).to(totals.dtype)
+        totals[:3] += torch.stack([acc1 * n / 100, acc5 * n / 100, loss * n]).to(totals.dtype)
+        totals[3] += n  # a scalar argument: no host-to-device copy
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(totals)
     correct1, correct5, loss_sum, count = totals.tolist()

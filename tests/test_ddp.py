@@ -229,11 +229,50 @@ def test_imagenet_scripts_launch_8_processes_with_the_global_batch_256_split_and
     assert methods == [("kd", False), ("kd", True), ("crd", False), ("semckd", False), ("dkd", False), ("ckd", False)]
 
 
-def test_bank_update_rows_keep_each_dataset_index_once_in_rank_order():
-    from crd.memory import first_occurrences, rows_of_all_ranks
+def test_bank_update_rows_give_every_repeat_its_first_occurrence():
+    from crd.memory import first_occurrence_positions, momentum_update_, rows_of_all_ranks
     y = torch.tensor([5, 2, 9, 2, 7, 5])  # e.g. rank 0's [5, 2, 9] then rank 1's [2, 7, 5] (padded repeats)
-    assert first_occurrences(y).tolist() == [0, 1, 2, 4]
-    assert first_occurrences(torch.tensor([3, 1, 2])).tolist() == [0, 1, 2]
+    assert first_occurrence_positions(y).tolist() == [0, 1, 2, 1, 4, 0]
+    assert first_occurrence_positions(torch.tensor([3, 1, 2])).tolist() == [0, 1, 2]
+    values, bank = torch.randn(6, 4), torch.randn(10, 4)
+    repeated, once = bank.clone(), bank.clone()
+    momentum_update_(repeated, y, values[first_occurrence_positions(y)], 0.5)
+    momentum_update_(once, y[[0, 1, 2, 4]], values[[0, 1, 2, 4]], 0.5)
+    assert torch.equal(repeated, once)
     v = torch.randn(3, 4, requires_grad=True)
     rows, same = rows_of_all_ranks(torch.tensor([3, 1, 2]), v)  # single process: the very same tensors
     assert same is v and rows.tolist() == [3, 1, 2]
+
+
+def test_bank_updates_under_ddp_make_no_host_sync_and_equal_one_process_on_the_global_batch(tmp_path):
+    """2 ranks x 3 samples: banks and Z identical on both ranks and equal to one process on the 6 samples (step 1;
+    CRD's Z too), then to the single-process update with each dataset index once (step 2 repeats index 1)."""
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("needs torch.distributed with Gloo")
+    sys.path.insert(0, os.path.join(ROOT, "tests"))
+    import ddp_memory_worker as worker
+
+    from crd.memory import momentum_update_
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           os.path.join(ROOT, "tests", "ddp_memory_worker.py"), str(tmp_path)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"memory_rank{r}.pt", weights_only=True) for r in range(2)]
+    (v1, v2, y, idx), (v1b, v2b, yb, _) = worker.global_steps()
+    for name, memory_class in (("ContrastMemory", worker.ContrastMemory), ("RelationMemory", worker.RelationMemory)):
+        for step in range(2):
+            for key, value in ranks[0][name][step].items():
+                assert torch.equal(ranks[1][name][step][key], value), (name, step, key)
+        torch.manual_seed(0)
+        single = memory_class(worker.DIM, worker.N_ROWS, worker.K)
+        single(v1, v2, y, idx)
+        for key, value in single.state_dict().items():
+            if name == "RelationMemory" and key == "params":
+                continue  # CRCD's relations pair samples within a rank's batch (README), so its Z is per-rank data
+            torch.testing.assert_close(ranks[0][name][0][key], value, rtol=1e-6, atol=1e-7, msg=(name, key))
+        once = [0, 1, 2, 4, 5]  # index 1 appears at positions 1 and 2: the first occurrence is kept
+        for bank, values in (("memory_v1", v1b), ("memory_v2", v2b)):
+            expected = single.state_dict()[bank].clone()
+            momentum_update_(expected, yb[once], values[once], single.momentum)
+            torch.testing.assert_close(ranks[0][name][1][bank], expected, rtol=0, atol=1e-7, msg=(name, bank))
