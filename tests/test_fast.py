@@ -349,9 +349,19 @@ def test_gpu_loader_draws_plain_batches_without_host_reads():
 
 # --- torch.compile (opt-in: slow on the CPU) ------------------------------------------------------------------------
 
+COMPILED_CONTRAST_UPDATE_RTOL = 5e-2  # per tensor ||update_compiled - update_eager|| / ||update_eager||: 1.7e-2 seen
+COMPILED_CONTRAST_COS = 0.999         # per tensor cosine between the two updates: 0.99985 seen
+
+
 @pytest.mark.skipif(os.environ.get("KD_TEST_COMPILE") != "1", reason="set KD_TEST_COMPILE=1 (about a minute on 2 CPUs)")
-def test_compile_tiny_model_matches_eager():
-    standard = Run(make_opt("kd"))
+@pytest.mark.parametrize("distill", [["kd"], ["crcd", "--with_grad"]], ids=["kd", "crcd_with_grad"])
+def test_compile_tiny_model_matches_eager(distill):
+    """KD: parameters equal after 2 steps. CRCD (with gradient elements, which differentiate through the compiled
+    forward): losses equal, and the update within COMPILED_CONTRAST_UPDATE_RTOL: inductor's reordered float32
+    reductions move the pooled features by ulps, which exp(cos / 0.05) amplifies (CRD shows the same, 3e-2 on
+    its worst tensor; KD 8e-4)."""
+    standard = Run(make_opt(*distill))
+    start = standard.parameters()
     compiled = standard.fast(compile=True)
     batches = gpu_batches(standard.distiller.needs, 2)
     loss_std, _ = standard.train(batches)
@@ -359,8 +369,18 @@ def test_compile_tiny_model_matches_eager():
     np.testing.assert_allclose(loss_c, loss_std, rtol=1e-4)
     assert list(compiled.student.state_dict()) == list(standard.student.state_dict())
     assert torch._dynamo.config.recompile_limit >= fast.RECOMPILE_LIMIT
-    for key, value in standard.parameters().items():
-        torch.testing.assert_close(compiled.parameters()[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    after_std, after_c = standard.parameters(), compiled.parameters()
+    if distill == ["kd"]:
+        for key, value in after_std.items():
+            torch.testing.assert_close(after_c[key], value, rtol=1e-4, atol=1e-5, msg=key)
+        return
+    trained = [k for k, v in after_std.items() if v.is_floating_point() and "running" not in k
+               and not torch.equal(v, start[k])]
+    assert "0.fc.weight" in trained and any(k.startswith("1.") for k in trained)  # student and CRCD embeddings
+    for key in trained:
+        update_std, update_c = (after_std[key] - start[key]).flatten(), (after_c[key] - start[key]).flatten()
+        assert ((update_c - update_std).norm() / update_std.norm()).item() < COMPILED_CONTRAST_UPDATE_RTOL, key
+        assert torch.nn.functional.cosine_similarity(update_c, update_std, dim=0).item() > COMPILED_CONTRAST_COS, key
 
 
 # --- (4) the benchmark's CI-sized run -------------------------------------------------------------------------------
