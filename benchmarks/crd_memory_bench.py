@@ -5,7 +5,7 @@ Each (K, path) runs in its own process so that peak memory is that path's own: o
 resident set (ru_maxrss) over the first step, with glibc's mmap threshold fixed so freed blocks go back to
 the system (its dynamic threshold otherwise keeps freed blocks resident); on CUDA the allocator's peak above
 the bank and inputs. Time is the best of --repeats steps after the first.
-Prints only.  .venv/bin/python benchmarks/crd_memory_bench.py [--device cuda] [--n-data 1281167]
+Prints only.  .venv/bin/python benchmarks/crd_memory_bench.py [--device cuda] [--n-data 1281167] [--memory-dtype bfloat16]
 """
 import argparse
 import json
@@ -31,6 +31,8 @@ def parse_args(argv=None):
     p.add_argument("--dim", type=int, default=128, help="embedding size D")
     p.add_argument("--n-data", type=int, default=50000, help="memory rows N")
     p.add_argument("--repeats", type=int, default=3, help="timed steps after one untimed first step (best kept)")
+    p.add_argument("--memory-dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="bank storage (--memory_dtype of train_student.py)")
     p.add_argument("--child", nargs=2, metavar=("K", "PATH"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -88,7 +90,7 @@ def run_child(args):
     """Measure one (K, path) and print it as one JSON line."""
     K, path = int(args.child[0]), args.child[1]
     device = torch.device(args.device)
-    memory = ContrastMemory(args.dim, args.n_data, K, score_path=path).to(device)
+    memory = ContrastMemory(args.dim, args.n_data, K, score_path=path, memory_dtype=args.memory_dtype).to(device)
     inputs = make_inputs(args, K, device)
     peak = peak_of_first_step(memory, inputs, device)
     print(json.dumps({"seconds": best_seconds_per_step(memory, inputs, device, args.repeats), "peak": peak}))
@@ -97,7 +99,7 @@ def run_child(args):
 def measure(args, K, path):
     command = [sys.executable, os.path.abspath(__file__), "--child", str(K), path, "--device", args.device,
                "--batch", str(args.batch), "--dim", str(args.dim), "--n-data", str(args.n_data),
-               "--repeats", str(args.repeats)]
+               "--repeats", str(args.repeats), "--memory-dtype", args.memory_dtype]
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072")
     done = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -107,8 +109,10 @@ def main(argv=None):
     args = parse_args(argv)
     if args.child:
         return run_child(args)
+    bank_mib = 2 * args.n_data * args.dim * torch.finfo(getattr(torch, args.memory_dtype)).bits / 8 / 2**20
     print(f"CRD memory step (2 banks, fwd+bwd) on {args.device}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads: B={args.batch} D={args.dim} N={args.n_data}")
+          f"{torch.get_num_threads()} threads: B={args.batch} D={args.dim} N={args.n_data}, "
+          f"{args.memory_dtype} banks ({bank_mib:.0f} MiB, not counted in the peaks)")
     print(f"{'K':>6} {'path':>7} {'ms/step':>9} {'peak MiB':>9} {'speed-up':>9} {'memory':>7}  auto picks")
     for K in args.ks:
         auto = choose_score_path(args.n_data, K + 1, args.dim)

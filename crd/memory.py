@@ -57,12 +57,24 @@ def times_bank_t(anchor, memory):
     return torch.cat([anchor @ block.to(anchor.dtype).T for block in memory.split(rows)], dim=1)
 
 
-def weighted_row_sums(memory, idx, weights):
+def times_bank(dense, memory):
+    """dense [B, N] @ memory [N, D] -> [B, D] in dense's dtype; a bank in another dtype is upcast in row blocks."""
+    if memory.dtype == dense.dtype:
+        return dense @ memory
+    rows = max(1, GATHER_BLOCK_ELEMENTS // memory.shape[1])
+    return sum(dense[:, start:start + rows] @ block.to(dense.dtype)
+               for start, block in zip(range(0, memory.shape[0], rows), memory.split(rows)))
+
+
+def weighted_row_sums(memory, idx, weights, dense=False):
     """sum_k weights[b, k] * memory[idx[b, k]] -> [B, D] in weights' dtype, without a [B, K+1, D] copy.
 
-    embedding_bag when the dtypes agree; a bank in another dtype is read in column blocks of idx."""
+    embedding_bag when the dtypes agree. A bank in another dtype: with `dense`, the weights scattered into a
+    [B, N] matrix times the bank (one GEMM, as the dense scores); otherwise rows read in column blocks of idx."""
     if memory.dtype == weights.dtype:
         return F.embedding_bag(idx, memory, per_sample_weights=weights, mode="sum")
+    if dense:
+        return times_bank(weights.new_zeros(idx.shape[0], memory.shape[0]).scatter_add_(1, idx, weights), memory)
     columns = max(1, GATHER_BLOCK_ELEMENTS // (idx.shape[0] * memory.shape[1]))
     return sum(torch.bmm(w.unsqueeze(1), bank_rows(memory, block, w.dtype)).squeeze(1)
                for block, w in zip(idx.split(columns, dim=1), weights.split(columns, dim=1)))
@@ -152,6 +164,7 @@ class _ScoresThenUpdate(torch.autograd.Function):
         momentum_update_(memory, y, value, momentum)
         change = torch.cat([rows_before - bank_rows(memory, y, anchor.dtype), rows_before.new_zeros(1, memory.shape[1])])
         ctx.save_for_backward(memory, idx, y, change)
+        ctx.dense = score_fn is dense_scores
         return scores
 
     @staticmethod
@@ -160,7 +173,7 @@ class _ScoresThenUpdate(torch.autograd.Function):
         memory, idx, y, change = ctx.saved_tensors
         slot = torch.full((memory.shape[0],), y.shape[0], dtype=torch.long, device=idx.device)
         slot[y] = torch.arange(y.shape[0], device=idx.device)  # row -> its entry in `change`; others -> zero row
-        grad_anchor = weighted_row_sums(memory, idx, grad_scores)
+        grad_anchor = weighted_row_sums(memory, idx, grad_scores, ctx.dense)
         grad_anchor += F.embedding_bag(slot[idx], change, per_sample_weights=grad_scores, mode="sum")
         return grad_anchor, None, None, None, None, None, None
 
