@@ -11,6 +11,7 @@ import os
 import torch
 
 import distiller_zoo  # noqa: F401  registers every method
+from crd.memory import MEMORY_DTYPES
 from dataset import build_loaders
 from distiller_zoo.base import ProbeShapes, get_distiller_class
 from distiller_zoo.base import distiller_registry
@@ -58,7 +59,7 @@ def parse_option(argv=None):
     p.add_argument("--nce_k", type=int, default=16384, help="CRD negatives per sample (16384)")
     p.add_argument("--nce_t", type=float, default=0.07, help="CRD temperature (0.07)")
     p.add_argument("--nce_m", type=float, default=0.5, help="CRD memory momentum (0.5)")
-    p.add_argument("--memory_dtype", type=str, default="float32", choices=["float32", "bfloat16"],
+    p.add_argument("--memory_dtype", type=str, default="float32", choices=list(MEMORY_DTYPES),
                    help="storage of CRD/CRCD memory banks; bfloat16 halves them, scores stay float32 (float32)")
     p.add_argument("--percent", type=float, default=1.0, help="fraction of each class's negatives CRD draws from")
     p.add_argument("--hint_layer", type=int, default=2, choices=[0, 1, 2, 3, 4], help="FitNet feature index (2)")
@@ -302,7 +303,7 @@ def main(argv=None):
     state = RunState()
     if opt.resume:
         path = os.path.join(folder, f"{opt.model_s}_last.pth") if opt.resume == "last" else opt.resume
-        state = resume(path, opt.model_s, student, optimizer, opt=opt,
+        state = resume(path, opt.model_s, student, optimizer, opt,
                        restore_extra=lambda ckpt: restore_method_state(ckpt, distiller, temp_module))
     elif needs.init_stage and opt.init_epochs > 0:
         run_init_stage(opt, distiller, student, teacher, data.train_loader, folder, logger, data.train_sampler)

@@ -63,7 +63,7 @@ def main(argv=None):
     state = RunState()
     if opt.resume:
         path = os.path.join(opt.save_folder, f"{opt.model}_last.pth") if opt.resume == "last" else opt.resume
-        state = resume(path, opt.model, model, optimizer, opt=opt)
+        state = resume(path, opt.model, model, optimizer, opt)
     save_options(opt, opt.save_folder)
     logger = RunLogger(opt.save_folder, opt.tb_folder, enabled=is_main_process())
 

@@ -18,7 +18,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from crd.memory import ContrastMemory, choose_score_path  # noqa: E402
+from crd.memory import MEMORY_DTYPES, ContrastMemory, choose_score_path  # noqa: E402
 
 PATHS = ("gather", "dense", "sparse")
 
@@ -31,7 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--dim", type=int, default=128, help="embedding size D")
     p.add_argument("--n-data", type=int, default=50000, help="memory rows N")
     p.add_argument("--repeats", type=int, default=3, help="timed steps after one untimed first step (best kept)")
-    p.add_argument("--memory-dtype", default="float32", choices=["float32", "bfloat16"],
+    p.add_argument("--memory-dtype", default="float32", choices=list(MEMORY_DTYPES),
                    help="bank storage (--memory_dtype of train_student.py)")
     p.add_argument("--child", nargs=2, metavar=("K", "PATH"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -109,7 +109,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.child:
         return run_child(args)
-    bank_mib = 2 * args.n_data * args.dim * torch.finfo(getattr(torch, args.memory_dtype)).bits / 8 / 2**20
+    bank_mib = 2 * args.n_data * args.dim * torch.finfo(MEMORY_DTYPES[args.memory_dtype]).bits / 8 / 2**20
     print(f"CRD memory step (2 banks, fwd+bwd) on {args.device}, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads: B={args.batch} D={args.dim} N={args.n_data}, "
           f"{args.memory_dtype} banks ({bank_mib:.0f} MiB, not counted in the peaks)")

@@ -49,21 +49,27 @@ def bank_rows(memory, index, dtype):
     return memory.index_select(0, index.reshape(-1)).to(dtype).view(*index.shape, memory.shape[1])
 
 
+def upcast_row_blocks(memory, dtype):
+    """(first row, memory[first row:...] as `dtype`) for consecutive blocks of at most GATHER_BLOCK_ELEMENTS values:
+    a bank stored in a narrower dtype is never copied whole."""
+    rows = max(1, GATHER_BLOCK_ELEMENTS // memory.shape[1])
+    for start in range(0, memory.shape[0], rows):
+        yield start, memory[start:start + rows].to(dtype)
+
+
 def times_bank_t(anchor, memory):
     """anchor [A, D] @ memory.T -> [A, N] in anchor's dtype; a bank in another dtype is upcast in row blocks."""
     if memory.dtype == anchor.dtype:
         return anchor @ memory.T
-    rows = max(1, GATHER_BLOCK_ELEMENTS // memory.shape[1])
-    return torch.cat([anchor @ block.to(anchor.dtype).T for block in memory.split(rows)], dim=1)
+    return torch.cat([anchor @ block.T for _, block in upcast_row_blocks(memory, anchor.dtype)], dim=1)
 
 
 def times_bank(dense, memory):
     """dense [B, N] @ memory [N, D] -> [B, D] in dense's dtype; a bank in another dtype is upcast in row blocks."""
     if memory.dtype == dense.dtype:
         return dense @ memory
-    rows = max(1, GATHER_BLOCK_ELEMENTS // memory.shape[1])
-    return sum(dense[:, start:start + rows] @ block.to(dense.dtype)
-               for start, block in zip(range(0, memory.shape[0], rows), memory.split(rows)))
+    return sum(dense[:, start:start + block.shape[0]] @ block
+               for start, block in upcast_row_blocks(memory, dense.dtype))
 
 
 def weighted_row_sums(memory, idx, weights, dense=False):
@@ -162,7 +168,8 @@ class _ScoresThenUpdate(torch.autograd.Function):
         scores = score_fn(memory, anchor, idx)
         rows_before = bank_rows(memory, y, anchor.dtype)
         momentum_update_(memory, y, value, momentum)
-        change = torch.cat([rows_before - bank_rows(memory, y, anchor.dtype), rows_before.new_zeros(1, memory.shape[1])])
+        change = torch.cat([rows_before - bank_rows(memory, y, anchor.dtype),
+                            rows_before.new_zeros(1, memory.shape[1])])
         ctx.save_for_backward(memory, idx, y, change)
         ctx.dense = score_fn is dense_scores
         return scores

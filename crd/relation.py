@@ -21,7 +21,7 @@ import torch
 
 import crd.memory as memory_module
 from crd.memory import (ContrastMemory, bank_rows, compute_dtype, rows_of_all_ranks, sample_contrast_indices,
-                        times_bank_t)
+                        times_bank_t, upcast_row_blocks)
 
 RELATION_SHIFT = 1e-6  # the CRCD code adds 1e-6 to every coordinate of each relation vector
 NORM_FLOOR = 1e-12     # F.normalize's floor on a norm
@@ -72,8 +72,7 @@ def row_sums_and_squares(memory):
     if memory.dtype == dtype:
         return memory.sum(1), memory.pow(2).sum(1)
     sums, squares = [], []
-    for block in memory.split(max(1, memory_module.GATHER_BLOCK_ELEMENTS // memory.shape[1])):
-        block = block.to(dtype)
+    for _, block in upcast_row_blocks(memory, dtype):
         sums.append(block.sum(1))
         squares.append(block.pow(2).sum(1))
     return torch.cat(sums), torch.cat(squares)

@@ -196,20 +196,9 @@ def prepare_models(opt, student, teacher=None, extra=()):
     return student, teacher
 
 
-def wrap_forward(model, opt):
-    """model for evaluation: with --cuda_graphs each call starts a new CUDA-graph step (as wrap_step does), so
-    graph trees do not chain one recording per validation batch."""
-    if not (_get(opt, "cuda_graphs", False) and _device(opt).type == "cuda"):
-        return model
-
-    def forward(images):
-        torch.compiler.cudagraph_mark_step_begin()
-        return model(images)
-    return forward
-
-
 def wrap_step(compute, opt):
-    """The loop's compute(batch) for the options: with --cuda_graphs each call starts a new CUDA-graph step."""
+    """The loop's compute(batch), or a model's call in validation, for the options: with --cuda_graphs each call
+    starts a new CUDA-graph step."""
     if not (_get(opt, "cuda_graphs", False) and _device(opt).type == "cuda"):
         return compute
 

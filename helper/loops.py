@@ -135,7 +135,7 @@ def train_vanilla(epoch, train_loader, model, criterion, optimizer, opt):
 def validate(val_loader, model, criterion, opt):
     """Top-1, top-5 (percent) and mean loss over the whole loader; sums reduced across ranks under DDP."""
     model.eval()
-    forward = fast.wrap_forward(model, opt)
+    forward = fast.wrap_step(model.__call__, opt)  # --cuda_graphs: a graph step per batch, not chained recordings
     device = opt.device
     totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct@1, correct@5, loss sum, count
     for items in tqdm(val_loader, desc="val", leave=False, disable=getattr(opt, "no_progress", None)):

@@ -55,10 +55,10 @@ def unwrap(model):
     return getattr(model, "_orig_mod", model)
 
 
-def resume(path, arch, model, optimizer, restore_extra=None, opt=None):
+def resume(path, arch, model, optimizer, opt, restore_extra=None):
     """Load weights, optimizer and counters from `path`; returns the RunState to continue from.
 
-    With `opt`, the run's global batch must be the checkpoint's (check_global_batch).
+    The run's global batch must be the checkpoint's (check_global_batch).
     Under torchrun every rank calls this with the same file: it is read to the CPU, then copied into
     each rank's own device (no rank allocates on another's GPU).
     """
@@ -67,8 +67,7 @@ def resume(path, arch, model, optimizer, restore_extra=None, opt=None):
         raise UserError(f"--resume {path} holds a {ckpt.get('arch')!r} model but this run trains {arch!r}")
     if "optimizer" not in ckpt or "epoch" not in ckpt:
         raise UserError(f"--resume {path} has no optimizer state/epoch (is it a *_last.pth or ckpt_epoch_N.pth?)")
-    if opt is not None:
-        check_global_batch(ckpt.get("opt", {}), opt, path)
+    check_global_batch(ckpt.get("opt", {}), opt, path)
     unwrap(model).load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     if restore_extra is not None:
@@ -84,9 +83,9 @@ def check_global_batch(saved, opt, path):
     allowed, with a warning that the run no longer replays the uninterrupted one."""
     if "batch_size" not in saved:
         return
-    saved_world, world = saved.get("world_size", 1), getattr(opt, "world_size", 1)
+    saved_world, world = saved.get("world_size", 1), opt.world_size
     before, now = saved["batch_size"] * saved_world, opt.batch_size * world
-    if before != now and not getattr(opt, "allow_batch_change", False):
+    if before != now and not opt.allow_batch_change:
         keep = f"--batch_size {before // world}" if before % world == 0 else f"{saved_world} processes"
         raise UserError(f"--resume {path} was trained with a global batch of {before} ({saved_world} process(es) x "
                         f"--batch_size {saved['batch_size']}) but this run's is {now} ({world} x {opt.batch_size}); "

@@ -80,14 +80,16 @@ def run_memory(path, seed_memory, steps):
     """Outputs, anchor grads and final memories of ContrastMemory(`path`) over `steps` of (v1, v2, y, idx)."""
     torch.manual_seed(seed_memory)
     memory = ContrastMemory(16, 300, 50, score_path=path)
-    results = []
-    for v1, v2, y, idx in steps:
-        v1, v2 = v1.clone().requires_grad_(), v2.clone().requires_grad_()
-        out_v1, out_v2 = memory(v1, v2, y, idx)
-        weights = torch.linspace(-1, 1, out_v1.numel()).view_as(out_v1)
-        ((out_v1 * weights).sum() + (out_v2 * weights.flip(1)).sum()).backward()
-        results.append((out_v1.detach(), out_v2.detach(), v1.grad, v2.grad))
-    return results, memory.memory_v1, memory.memory_v2
+    return [step_outputs(memory, *step) for step in steps], memory.memory_v1, memory.memory_v2
+
+
+def step_outputs(memory, v1, v2, y, idx):
+    """Outputs and anchor grads of one forward/backward of `memory` under a fixed linear functional of its outputs."""
+    v1, v2 = v1.clone().requires_grad_(), v2.clone().requires_grad_()
+    out_v1, out_v2 = memory(v1, v2, y, idx)
+    weights = torch.linspace(-1, 1, out_v1.numel()).view_as(out_v1)
+    ((out_v1 * weights).sum() + (out_v2 * weights.flip(1)).sum()).backward()
+    return out_v1.detach(), out_v2.detach(), v1.grad, v2.grad
 
 
 def random_steps(n_steps=2, batch=8, K=50, dim=16, n_rows=300):

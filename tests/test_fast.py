@@ -123,6 +123,17 @@ class Run:
         return {f"{i}.{k}": v.detach().clone() for i, m in enumerate(modules) for k, v in m.state_dict().items()}
 
 
+def train_side_by_side(reference, other, n_batches):
+    """Per-step losses of both runs over the same `n_batches` batches of the device-resident loader."""
+    batches = gpu_batches(reference.distiller.needs, n_batches)
+    return reference.train(batches)[0], other.train(batches)[0]
+
+
+def trained_keys(start, after):
+    """The floating-point tensors, BatchNorm running statistics aside, that training changed."""
+    return [k for k, v in after.items() if v.is_floating_point() and "running" not in k and not torch.equal(v, start[k])]
+
+
 def max_relative_difference(a, b):
     return max(((a[k].float() - b[k].float()).norm() / b[k].float().norm().clamp_min(1e-12)).item()
                for k in b if b[k].is_floating_point())
@@ -213,14 +224,11 @@ def test_bf16_autocast_tracks_fp32_over_five_kd_steps_and_ctkd_temperature_learn
     fp32 = Run(make_opt("kd", *ctkd), temperature=True)
     start = fp32.parameters()
     bf16 = fp32.fast(amp="bf16", channels_last=True)
-    batches = gpu_batches(fp32.distiller.needs, 5)
-    loss_fp32, _ = fp32.train(batches)
-    loss_bf16, _ = bf16.train(batches)
+    loss_fp32, loss_bf16 = train_side_by_side(fp32, bf16, 5)
     assert all(np.isfinite(loss_bf16))
     np.testing.assert_allclose(loss_bf16, loss_fp32, rtol=BF16_LOSS_RTOL)
     after_fp32, after_bf16 = fp32.parameters(), bf16.parameters()
-    trained = [k for k, v in after_fp32.items() if v.is_floating_point() and "running" not in k
-               and not torch.equal(v, start[k])]
+    trained = trained_keys(start, after_fp32)
     for key in after_fp32:
         if after_fp32[key].is_floating_point():  # parameters and BN running statistics stay float32
             assert after_fp32[key].dtype == after_bf16[key].dtype == torch.float32, key
@@ -244,9 +252,7 @@ def test_crcd_gradient_elements_train_under_bf16_and_track_fp32():
     function of the float32 pooled copy, so the gradient element must come through the classifier head."""
     fp32 = Run(make_opt("crcd", "--with_grad", "--nce_k", str(NCE_K)))
     bf16 = fp32.fast(amp="bf16", channels_last=True)
-    batches = gpu_batches(fp32.distiller.needs, 3)
-    loss_fp32, _ = fp32.train(batches)
-    loss_bf16, _ = bf16.train(batches)
+    loss_fp32, loss_bf16 = train_side_by_side(fp32, bf16, 3)
     assert all(np.isfinite(loss_bf16))
     np.testing.assert_allclose(loss_bf16, loss_fp32, rtol=BF16_LOSS_RTOL)
     assert bf16.student.fc.weight.grad.abs().sum() > 0
@@ -363,9 +369,7 @@ def test_compile_tiny_model_matches_eager(distill):
     standard = Run(make_opt(*distill))
     start = standard.parameters()
     compiled = standard.fast(compile=True)
-    batches = gpu_batches(standard.distiller.needs, 2)
-    loss_std, _ = standard.train(batches)
-    loss_c, _ = compiled.train(batches)
+    loss_std, loss_c = train_side_by_side(standard, compiled, 2)
     np.testing.assert_allclose(loss_c, loss_std, rtol=1e-4)
     assert list(compiled.student.state_dict()) == list(standard.student.state_dict())
     assert torch._dynamo.config.recompile_limit >= fast.RECOMPILE_LIMIT
@@ -374,8 +378,7 @@ def test_compile_tiny_model_matches_eager(distill):
         for key, value in after_std.items():
             torch.testing.assert_close(after_c[key], value, rtol=1e-4, atol=1e-5, msg=key)
         return
-    trained = [k for k, v in after_std.items() if v.is_floating_point() and "running" not in k
-               and not torch.equal(v, start[k])]
+    trained = trained_keys(start, after_std)
     assert "0.fc.weight" in trained and any(k.startswith("1.") for k in trained)  # student and CRCD embeddings
     for key in trained:
         update_std, update_c = (after_std[key] - start[key]).flatten(), (after_c[key] - start[key]).flatten()

@@ -19,6 +19,7 @@ from distiller_zoo.RKD import RKDLoss
 from distiller_zoo.SP import Similarity
 from distiller_zoo.VID import VIDLoss
 from helper.errors import UserError
+from tests.golden_json import assert_close, decode, with_grad
 from models.util import (ConnectorV2, Connector, ConvReg, Embed, LinearEmbed, MLPEmbed, Normalize, Paraphraser,
                          PoolEmbed, Regress, Translator)
 
@@ -30,35 +31,10 @@ LOSSES = {cls.__name__: cls for cls in
           (DistillKL, HintLoss, Attention, Similarity, Correlation, VIDLoss, RKDLoss, PKT, NSTLoss, KDSVD)}
 
 
-def decode(x):
-    """JSON tensors ({"shape", "data"}) back to float64 tensors; lists stay lists, scalars stay scalars."""
-    if isinstance(x, list):
-        return [decode(t) for t in x]
-    if isinstance(x, dict):
-        return torch.tensor(x["data"], dtype=torch.float64).reshape(x["shape"])
-    return x
-
-
-def with_grad(x):
-    if isinstance(x, list):
-        return [with_grad(t) for t in x]
-    return x.clone().requires_grad_(True) if torch.is_tensor(x) else x
-
-
 def grad_or_zero(x):
     if isinstance(x, list):
         return [grad_or_zero(t) for t in x]
     return x.grad if x.grad is not None else torch.zeros_like(x)
-
-
-def assert_close(actual, expected):
-    if isinstance(expected, list):
-        assert len(actual) == len(expected)
-        for a, e in zip(actual, expected):
-            assert_close(a, e)
-        return
-    assert actual.shape == expected.shape
-    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12)
 
 
 def run_golden_case(case):

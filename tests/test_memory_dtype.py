@@ -10,30 +10,12 @@ from crd.memory import ContrastMemory
 from crd.relation import RelationMemory
 from distiller_zoo.CRCD import CRCDLoss
 from helper.errors import UserError
+from tests.test_crd import random_steps, step_outputs
 
 BANKS = ("memory_v1", "memory_v2")
 # Stated tolerance of bfloat16 banks against float32 banks started from the same draw, over 20 steps of the
 # same inputs (measured: loss 3e-5 / 7e-5, gradient 2e-3 for CRD / CRCD at K=4096 / 500, D=128).
 LOSS_RTOL, GRAD_RTOL = 1e-3, 1e-2
-
-
-def one_step(memory, v1, v2, y, idx):
-    """Outputs and anchor gradients of one forward/backward of `memory` under a fixed linear functional."""
-    v1, v2 = v1.clone().requires_grad_(), v2.clone().requires_grad_()
-    out_v1, out_v2 = memory(v1, v2, y, idx)
-    weights = torch.linspace(-1, 1, out_v1.numel()).view_as(out_v1)
-    ((out_v1 * weights).sum() + (out_v2 * weights.flip(1)).sum()).backward()
-    return out_v1.detach(), out_v2.detach(), v1.grad, v2.grad
-
-
-def step_inputs(batch=8, K=50, dim=16, n_rows=300):
-    gen = torch.Generator().manual_seed(11)
-    v1 = torch.nn.functional.normalize(torch.randn(batch, dim, generator=gen), dim=1)
-    v2 = torch.nn.functional.normalize(torch.randn(batch, dim, generator=gen), dim=1)
-    y = torch.randperm(n_rows, generator=gen)[:batch]
-    idx = torch.randint(n_rows, (batch, K + 1), generator=gen)
-    idx[:, 0], idx[:, 1:4] = y, y.roll(1).unsqueeze(1)  # negatives that are rows this batch updates
-    return v1, v2, y, idx
 
 
 @pytest.mark.parametrize("memory_class", [ContrastMemory, RelationMemory])
@@ -45,8 +27,8 @@ def test_bfloat16_bank_computes_what_a_float32_bank_of_the_rounded_rows_computes
     for name in BANKS:
         assert getattr(low, name).dtype == torch.bfloat16
         getattr(full, name).copy_(getattr(low, name))
-    inputs = step_inputs()
-    got, want = one_step(low, *inputs), one_step(full, *inputs)
+    inputs = random_steps(n_steps=1)[0]  # 8 samples, K=50, D=16, 300 rows; some negatives are updated rows
+    got, want = step_outputs(low, *inputs), step_outputs(full, *inputs)
     for g, w in zip(got, want):
         assert g.dtype == torch.float32
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)

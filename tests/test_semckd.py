@@ -12,39 +12,17 @@ from distiller_zoo.SemCKD import SemCKDLoss
 from helper.errors import UserError
 from models import build_model
 from models.util import AAEmbed, SelfA
+from tests.golden_json import assert_close, decode, with_grad
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "semckd_golden.json")
 with open(GOLDEN) as _f:
     CASES = json.load(_f)
 
 
-def decode(x):
-    """JSON tensors ({"shape", "data"}) back to float64 tensors, nested lists kept."""
-    if isinstance(x, list):
-        return [decode(t) for t in x]
-    return torch.tensor(x["data"], dtype=torch.float64).reshape(x["shape"])
-
-
-def with_grad(x):
-    if isinstance(x, list):
-        return [with_grad(t) for t in x]
-    return x.clone().requires_grad_(True)
-
-
 def grad_of(x):
     if isinstance(x, list):
         return [grad_of(t) for t in x]
     return x.grad
-
-
-def assert_close(actual, expected):
-    if isinstance(expected, list):
-        assert len(actual) == len(expected)
-        for a, e in zip(actual, expected):
-            assert_close(a, e)
-        return
-    assert actual is not None and actual.shape == expected.shape
-    torch.testing.assert_close(actual, expected, rtol=1e-9, atol=1e-12)
 
 
 def test_semckd_loss_value_and_gradients_match_the_reference():
