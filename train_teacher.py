@@ -9,15 +9,18 @@ import os
 import torch
 
 from dataset import build_loaders
-from helper import distributed
-from helper import fast
-from helper.errors import UserError
-from helper.logger import RunLogger
+from helper import distributed, fast
+from helper.assembly import check_input_size, describe_data
+from helper.errors import NonFiniteLossError, UserError
+from helper.logger import RunLogger, attach_run_log, detach_run_log
 from helper.loops import LossStep, cross_entropy
 from helper.options import add_training_args, apply_default_lr, finish_training_args, run_cli
-from helper.run import RunState, fit, is_main_process, resume, save_options
+from helper.protocol import run_protocol
+from helper.run import Trainee, fit, is_main_process, read_resume_checkpoint, save_options
+from helper.run_folder import RunFolder
 from helper.util import set_seed
-from models import build_model, input_size, model_dict
+from helper.weights import constant_weights
+from models import build_model, model_dict
 
 log = logging.getLogger("kd")
 
@@ -32,19 +35,13 @@ def parse_option(argv=None):
     opt = parser.parse_args(argv)
     if opt.model not in model_dict:
         raise UserError(f"unknown --model {opt.model!r}; choose one of: {', '.join(sorted(model_dict))}")
-    apply_default_lr(opt, opt.model, log)
+    apply_default_lr(opt, opt.model)
     finish_training_args(opt)
-    fast.check_fast_args(opt, log)
+    fast.check_fast_args(opt)
     opt.model_name = f"{opt.model}_{opt.dataset}_lr_{opt.learning_rate}_decay_{opt.weight_decay}_trial_{opt.trial}"
     opt.save_folder = os.path.join(opt.model_path, opt.model_name)
     opt.tb_folder = os.path.join(opt.tb_path, opt.model_name)
     return opt
-
-
-def check_input_size(model_name, data):
-    if input_size[model_name] != data.input_size:
-        raise UserError(f"--model {model_name} expects {input_size[model_name]}px inputs but --dataset gives "
-                        f"{data.input_size}px; pick a network for this dataset")
 
 
 def main(argv=None):
@@ -52,35 +49,59 @@ def main(argv=None):
     distributed.setup(opt)
     set_seed(opt.seed)
     data = build_loaders(opt)
+    describe_data(opt, data)
     check_input_size(opt.model, data)
     model = build_model(opt.model, data.num_classes).to(opt.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=opt.learning_rate, momentum=opt.momentum,
                                 weight_decay=opt.weight_decay)
     model, _ = fast.prepare_models(opt, model)
-    log.info(fast.describe(opt))
-    if is_main_process():
-        os.makedirs(opt.save_folder, exist_ok=True)
-    state = RunState()
-    if opt.resume:
-        path = os.path.join(opt.save_folder, f"{opt.model}_last.pth") if opt.resume == "last" else opt.resume
-        state = resume(path, opt.model, model, optimizer, opt)
-    save_options(opt, opt.save_folder)
-    logger = RunLogger(opt.save_folder, opt.tb_folder, enabled=is_main_process())
+    log.info("%s from scratch: %d epochs, lr %g (%s); %s", opt.model, opt.epochs, opt.learning_rate,
+             opt.lr_schedule, fast.describe(opt))
+    folder = RunFolder(opt.save_folder)
 
-    def compute(batch):
-        logits = model(batch.images)
-        return logits, {"cls": cross_entropy(logits, batch.targets)}
+    def claim():
+        if is_main_process():
+            folder.acquire().check_start(bool(opt.resume), opt.overwrite)
+            folder.remove_temporaries()
+    distributed.together(claim)
+    handler = None
+    try:
+        ckpt = None
+        if opt.resume:
+            path = os.path.join(opt.save_folder, f"{opt.model}_last.pth") if opt.resume == "last" else opt.resume
+            ckpt = read_resume_checkpoint(path, opt.model, opt, "train_teacher")
+        save_options(opt, opt.save_folder)
+        if is_main_process():
+            handler = attach_run_log(opt.save_folder)
+        logger = RunLogger(opt.save_folder, opt.tb_folder, enabled=is_main_process(),
+                           purge_step=ckpt["epoch"] + 1 if ckpt else None)
 
-    compute = fast.wrap_step(compute, opt)
-    if opt.distributed:  # every parameter reaches the loss: no search for unused ones
-        compute = distributed.wrap(LossStep(compute, [model]), opt)
-    fit(opt, arch=opt.model, num_classes=data.num_classes, model=model, optimizer=optimizer,
-        loaders=(data.train_loader, data.val_loader), compute=compute, weights=lambda *step: {"cls": 1.0},
-        train_modules=[model], eval_modules=[], folder=opt.save_folder, logger=logger, state=state,
-        train_sampler=data.train_sampler)
-    logger.close()
-    log.info("best accuracy: %.2f (epoch %d); checkpoints in %s", state.best_acc, state.best_epoch, opt.save_folder)
-    return state
+        def compute(batch, teachers, ctx):
+            logits = model(batch.images)
+            return logits, {"cls": cross_entropy(logits, batch.targets)}
+
+        compute = fast.wrap_step(compute, opt)
+        if opt.distributed:  # every parameter reaches the loss: no search for unused ones
+            compute = distributed.wrap(LossStep(compute, [model]), opt)
+        trainee = Trainee(opt, arch=opt.model, num_classes=data.num_classes, model=model, optimizer=optimizer,
+                          compute=compute, weights=constant_weights(cls=1.0), train_modules=[model],
+                          folder=opt.save_folder, logger=logger, val_loader=data.val_loader,
+                          script="train_teacher", protocol=run_protocol(opt), scaler=fast.grad_scaler(opt))
+        if ckpt is not None:
+            trainee.resume_from(ckpt)
+        fit([trainee], data.train_loader, device=opt.device, seed=opt.seed, sampler=data.train_sampler,
+            no_progress=opt.no_progress)
+    finally:
+        folder.release()
+        if handler is not None:
+            detach_run_log(handler)
+    if trainee.failed:
+        error = NonFiniteLossError(trainee.failed)
+        error.logged = True
+        raise error
+    log.info("best accuracy: %.2f (epoch %d); checkpoints in %s", trainee.state.best_acc, trainee.state.best_epoch,
+             opt.save_folder)
+    return trainee.state
 
 
 if __name__ == "__main__":

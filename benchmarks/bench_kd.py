@@ -1,16 +1,16 @@
 """Step time, throughput and peak memory of the KD, CRD and CRCD training steps: RepDistiller's path vs the fast path.
 
 One process, one run. Every row builds the run as train_student.main does (train_student.parse_option,
-dataset.build_loaders, models.build_model, probe_shapes, the registered Distiller, TermWeights, the SGD
-param groups, helper.fast.prepare_models / wrap_step) and times the real helper.loops.train_epoch
+dataset.build_loaders, the recipe, helper.assembly.build_student / student_trainee: network, probe, Distiller,
+plug-ins, TermWeights, SGD, helper.fast.prepare_models / wrap_step) and times the real helper.loops.train_epoch
 over CIFAR-shaped random uint8 images (the CIFAR-100 loader is replaced by a generator of such arrays, so the
 DataLoader path runs its per-sample PIL transforms and the GPU loader its on-device augmentation unchanged).
 
 Settings (cumulative from gpu_loader on):
   repdistiller   torch DataLoader (per-sample torchvision transforms, --num_workers), eager fp32, and one host
                  sync per step (RepDistiller's loss.item() after the forward): the baseline (a)
-  dataloader     the same without the per-step sync (this repository's default loop)
-  gpu_loader     dataset resident on the device, augmented there (--gpu_loader)
+  dataloader     the same without the per-step sync (--loader torch)
+  gpu_loader     dataset resident on the device, augmented there (--loader device, the default for CIFAR)
   +channels_last, +bf16 (--amp bf16), +compile (--compile), +cuda_graphs (--cuda_graphs, CUDA only)
 
 A step's time is the interval between two consecutive batch requests of train_epoch (data, forward, backward,
@@ -55,9 +55,11 @@ import train_student  # noqa: E402
 from dataset import build_loaders  # noqa: E402
 from dataset.cifar100 import CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
 from distiller_zoo.base import get_distiller_class  # noqa: E402
-from distiller_zoo.KD import DistillKL  # noqa: E402
-from helper import fast  # noqa: E402
+from helper import distributed, fast  # noqa: E402
+from helper.assembly import Shared, build_student, student_trainee  # noqa: E402
 from helper.loops import train_epoch  # noqa: E402
+from helper.options import explicit_dests  # noqa: E402
+from helper.recipes import apply_recipe  # noqa: E402
 from helper.util import resolve_device, set_seed  # noqa: E402
 from models import build_model  # noqa: E402
 
@@ -319,10 +321,10 @@ def peak_bytes(device):
 
 def build_opt(args, distill, extra, setting):
     argv = ["--path_t", "unused.pth", "--distill", distill, "--model_s", args.student, "--device", args.device,
-            "--batch_size", str(args.batch), "--num_workers", str(args.num_workers), "--no_progress"] + extra
-    if setting.loader == "gpu":
-        argv.append("--gpu_loader")
+            "--batch_size", str(args.batch), "--num_workers", str(args.num_workers), "--no_progress",
+            "--loader", "device" if setting.loader == "gpu" else "torch"] + extra
     opt = train_student.parse_option(argv)
+    apply_recipe(opt, args.teacher, explicit_dests(train_student.build_parser(), argv))
     opt.amp, opt.channels_last = setting.amp, setting.channels_last
     opt.compile, opt.cuda_graphs = setting.compile, setting.cuda_graphs
     return fast.check_fast_args(opt)
@@ -330,8 +332,8 @@ def build_opt(args, distill, extra, setting):
 
 def with_host_sync(compute):
     """RepDistiller's per-step loss.item() after the forward (its `losses.update(loss.item(), ...)`)."""
-    def step(batch):
-        logits, terms = compute(batch)
+    def step(*args):
+        logits, terms = compute(*args)
         torch.stack([value.detach().float() for value in terms.values()]).sum().item()
         return logits, terms
     return step
@@ -347,36 +349,31 @@ def run_row(args, method_name, setting_name):
     method = get_distiller_class(opt.distill)
     needs = method.needs
     reset_peak(device)
-    data = build_loaders(opt, with_index=needs.index or needs.contrast_index, with_contrast=needs.contrast_index,
-                         drop_last=needs.full_batches)
+    data = build_loaders(opt, with_index=needs.index or needs.contrast_index, strong_view=needs.strong_view)
     teacher = build_model(args.teacher, data.num_classes).to(device).eval()
     for param in teacher.parameters():
         param.requires_grad_(False)
-    student = build_model(opt.model_s, data.num_classes).to(device)
-    probe = train_student.probe_shapes(student, teacher, needs, data.input_size, data.n_data, data.num_classes,
-                                       device)
-    distiller = method(opt, probe, student, teacher).to(device)
-    weights = train_student.TermWeights(opt, distiller.term_weights(opt), distiller.term_schedules(opt))
-    param_groups = [{"params": list(student.parameters())}] + distiller.param_groups(opt)
-    optimizer = torch.optim.SGD(param_groups, lr=opt.learning_rate, momentum=opt.momentum,
-                                weight_decay=opt.weight_decay)
-    fast.prepare_models(opt, student, teacher, extra=[distiller])
-    compute = train_student.distill_step(student, teacher, distiller, DistillKL(opt.kd_T), weights)
-    compute = fast.wrap_step(compute, opt)
+    shared = Shared(data=data, teacher=teacher, teacher_arch=args.teacher, teacher_sha256="bench")
+    s = build_student(opt, shared)
+    fast.prepare_models(opt, None, teacher)
+    trainee = student_trainee(s, shared)
     if setting.host_sync:
-        compute = with_host_sync(compute)
+        trainee.compute = with_host_sync(trainee.compute)
     warmup = args.warmup + (2 if setting.compile else 0)
     clock = Clock(device)
     with SyncCounter(device) as syncs:
         loader = TimedLoader(data.train_loader, warmup + args.steps, clock, syncs)
-        stats = train_epoch(1, loader, compute, optimizer, weights, opt, [student, distiller], [teacher])
+        train_epoch(1, loader, [trainee], device, teacher=teacher)
+    if trainee.failed:
+        raise RuntimeError(trainee.failed)
+    stats = distributed.reduce_meters(trainee.meters, device)
     times = clock.durations()[warmup:]
     step = statistics.median(times)
     row = dict(method=method_name, setting=setting_name, step=step, images_s=args.batch / step,
                step_min=min(times), step_max=max(times), cpu=statistics.median(clock.cpu_durations()[warmup:]),
                peak=peak_bytes(device), step_syncs=statistics.median(loader.step_syncs[warmup:-1] or [0]),
                fetch_syncs=statistics.median(loader.fetch_syncs[warmup:]), loss=stats["loss"], steps=len(times))
-    del data, teacher, student, distiller, optimizer, compute
+    del data, teacher, s, trainee, shared
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -2,6 +2,7 @@
 
 Folder: `<data_root>/cifar-100-python/{train,test,meta}` (the pickles are read here directly, so
 torchvision's CIFAR100 attribute renames do not matter). Missing -> downloaded with md5 check.
+The pickles are loaded by an unpickler that builds only plain data and numpy arrays, then checked.
 """
 import os
 import pickle
@@ -14,6 +15,11 @@ from torchvision.datasets.utils import download_and_extract_archive
 
 from dataset.contrast import ContrastCollate, ContrastSampler
 from helper.errors import UserError
+
+try:  # numpy >= 2 keeps it in numpy._core, numpy 1 in numpy.core
+    from numpy._core.multiarray import _reconstruct
+except ImportError:
+    from numpy.core.multiarray import _reconstruct
 
 CIFAR100_URL = 'https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz'
 CIFAR100_MD5 = 'eb9058c3a382ffc7106e4002c42a8d85'
@@ -65,14 +71,93 @@ def _is_complete(folder):
 def load_cifar100(data_root, train, download=True):
     """-> images uint8 [N, 32, 32, 3] (HWC), fine labels int64 [N]; N = 50000 train / 10000 test."""
     folder = ensure_cifar100(data_root, download)
-    batch = _unpickle(os.path.join(folder, 'train' if train else 'test'))
-    images = batch[b'data'].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(images, dtype=np.uint8), np.asarray(batch[b'fine_labels'], dtype=np.int64)
+    path = os.path.join(folder, 'train' if train else 'test')
+    images, labels = _checked_split(path, _unpickle(path))
+    images = images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images, dtype=np.uint8), labels
 
 
 def _unpickle(path):
-    with open(path, 'rb') as f:
-        return pickle.load(f, encoding='bytes')
+    """CIFAR's pickle at path -> its dict, built by an unpickler that can create nothing but plain data."""
+    try:
+        with open(path, 'rb') as f:
+            return _CifarUnpickler(f, encoding='bytes').load()
+    except _RefusedGlobal as error:
+        raise _not_cifar(path, str(error)) from None
+    except Exception as error:  # garbage bytes raise any of a dozen types; each means "not a CIFAR pickle"
+        reason = ' '.join(str(error).split()) or type(error).__name__
+        raise _not_cifar(path, f'unreadable pickle: {reason}') from error
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    """The pickle names a callable or class outside CIFAR's few; it is refused before anything runs."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Resolves only the globals CIFAR's pickles name; any other (os.system, eval, ...) is refused unloaded."""
+
+    def find_class(self, module, name):
+        try:
+            return _CIFAR_GLOBALS[module, name]
+        except KeyError:
+            raise _RefusedGlobal(f'it refers to {module}.{name}, which no CIFAR-100 file does; refused, '
+                                 'nothing in it was run') from None
+
+
+def _latin1_bytes(text, encoding):
+    """Python 3 writes bytes into protocol-2 pickles as `_codecs.encode(text, 'latin1')`; allow only that."""
+    if not isinstance(text, str) or encoding not in ('latin1', 'latin-1'):
+        raise pickle.UnpicklingError(f'_codecs.encode called with {type(text).__name__}, {encoding!r}')
+    return text.encode('latin1')
+
+
+# The real files (Python 2 cPickle, protocol 2) hold dicts, lists, str, ints and numpy arrays; an array
+# is rebuilt by _reconstruct(ndarray, ...) plus dtype(...). Either numpy spelling is accepted.
+_CIFAR_GLOBALS = {
+    ('numpy.core.multiarray', '_reconstruct'): _reconstruct,
+    ('numpy._core.multiarray', '_reconstruct'): _reconstruct,
+    ('numpy', 'ndarray'): np.ndarray,
+    ('numpy', 'dtype'): np.dtype,
+    ('_codecs', 'encode'): _latin1_bytes,
+}
+
+
+def _checked_split(path, batch):
+    """CIFAR split dict -> (data uint8 [N, 3072], fine labels int64 [N]); UserError saying what is wrong."""
+    if not isinstance(batch, dict):
+        raise _not_cifar(path, f'its top level is {type(batch).__name__}, not a dict')
+    missing = [key for key in (b'data', b'fine_labels') if key not in batch]
+    if missing:
+        raise _not_cifar(path, f"no {' or '.join(map(repr, missing))} entry")
+    data = _checked_data(path, batch[b'data'])
+    return data, _checked_labels(path, batch[b'fine_labels'], len(data))
+
+
+def _checked_data(path, data):
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        described = f'{data.dtype} {list(data.shape)}' if isinstance(data, np.ndarray) else type(data).__name__
+        raise _not_cifar(path, f"b'data' is {described}, not a uint8 array [N, 3072]")
+    if len(data) == 0:
+        raise _not_cifar(path, "b'data' holds no images")
+    return data
+
+
+def _checked_labels(path, labels, n_images):
+    if isinstance(labels, np.ndarray) and labels.ndim == 1 and labels.dtype.kind in 'iu':
+        labels = labels.tolist()
+    if not isinstance(labels, list) or not all(type(label) is int for label in labels):
+        raise _not_cifar(path, "b'fine_labels' is not a list of integers")
+    if len(labels) != n_images:
+        raise _not_cifar(path, f"b'fine_labels' has {len(labels)} labels for {n_images} images")
+    outside = [label for label in labels if not 0 <= label < NUM_CLASSES]
+    if outside:
+        raise _not_cifar(path, f"b'fine_labels' holds {outside[0]}, outside [0, {NUM_CLASSES})")
+    return np.asarray(labels, dtype=np.int64)
+
+
+def _not_cifar(path, what):
+    return UserError(f'{path} is not a CIFAR-100 file ({what}); delete {os.path.dirname(path)} and rerun to '
+                     'download it again, or pass --data_root')
 
 
 class ImageArrayDataset(Dataset):

@@ -14,6 +14,7 @@ the pool sizes:
 
 Memory: O(N) for the class-sorted index, plus a [C, P * percent] table only when percent < 1.
 """
+import logging
 import math
 
 import numpy as np
@@ -23,6 +24,7 @@ from torch.utils.data import default_collate
 from helper.errors import UserError
 
 MODES = ('exact', 'relax')
+log = logging.getLogger("kd")
 _DRAW_MARGIN = 1.1  # draws per row = margin * expected draws (+ a constant); short rows are redrawn
 _KEYS_COST_RATIO = 3  # use random keys unless the pool is this many times larger than the draws needed
 
@@ -50,6 +52,10 @@ class ContrastSampler:
             pool_size = torch.clamp((pool_size * percent).long(), min=1)
             self.negative_table = self._subsample_pools(pool_size, seed)  # [C, max pool]
         self.pool_size = pool_size
+        if self.k > int(pool_size.min()):
+            log.warning("--nce_k %d is larger than the %d negatives available to the smallest class: rows of such "
+                        "classes draw their negatives with replacement (repeats); lower --nce_k to avoid it",
+                        self.k, int(pool_size.min()))
         self._min_pool, self._max_pool = int(pool_size.min()), int(pool_size.max())  # host ints: no device reads
         self._method = _choose_method(self._min_pool, self._max_pool, self.k)
         self._draws = _draws_needed(self._min_pool, self.k)

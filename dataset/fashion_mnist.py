@@ -5,7 +5,9 @@ Looked up, in order: `<data_root>/fashion-mnist/`, `<data_root>/` itself, the De
 files are downloaded into `<data_root>/fashion-mnist/` from torchvision's mirror.
 """
 import gzip
+import math
 import os
+import zlib
 
 import numpy as np
 from torchvision.datasets.utils import download_url
@@ -32,10 +34,24 @@ def load_fashion_mnist(data_root, train):
     """-> images uint8 [N, 32, 32, 3] (zero-padded, gray replicated), labels int64 [N]; N = 60000 / 10000."""
     folder = find_fashion_mnist(data_root)
     split = 'train' if train else 't10k'
-    gray = read_idx(_file_in(folder, f'{split}-images-idx3-ubyte'))  # [N, 28, 28]
-    labels = read_idx(_file_in(folder, f'{split}-labels-idx1-ubyte')).astype(np.int64)
+    images_path = _file_in(folder, f'{split}-images-idx3-ubyte')
+    labels_path = _file_in(folder, f'{split}-labels-idx1-ubyte')
+    gray = read_idx(images_path)  # [N, 28, 28]
+    labels = read_idx(labels_path).astype(np.int64)
+    _check_split(images_path, gray, labels_path, labels)
     padded = np.pad(gray, ((0, 0), (_PAD, _PAD), (_PAD, _PAD)))
     return np.ascontiguousarray(np.repeat(padded[..., None], 3, axis=3)), labels
+
+
+def _check_split(images_path, gray, labels_path, labels):
+    if gray.ndim != 3 or gray.shape[1:] != (28, 28):
+        raise _broken(images_path, f'holds an array of shape {list(gray.shape)}, not images [N, 28, 28]')
+    if labels.ndim != 1:
+        raise _broken(labels_path, f'holds an array of shape {list(labels.shape)}, not labels [N]')
+    if len(labels) != len(gray):
+        raise _broken(labels_path, f'holds {len(labels)} labels for {len(gray)} images')
+    if len(labels) and labels.max() >= NUM_CLASSES:
+        raise _broken(labels_path, f'holds label {labels.max()}, outside [0, {NUM_CLASSES})')
 
 
 def find_fashion_mnist(data_root):
@@ -66,11 +82,34 @@ def _file_in(folder, name):
 
 def read_idx(path):
     """IDX file (uint8 payload, optionally gzipped) -> numpy array of the header's shape."""
-    opener = gzip.open if path.endswith('.gz') else open
-    with opener(path, 'rb') as f:
-        raw = f.read()
-    if raw[:3] != b'\x00\x00\x08':
-        raise UserError(f'{path} is not a uint8 IDX file; delete it so it is fetched again')
+    raw = _read_bytes(path)
+    if raw[:3] != b'\x00\x00\x08' or len(raw) < 4:
+        raise _broken(path, 'is not a uint8 IDX file')
     ndim = raw[3]
+    header_size = 4 + 4 * ndim
+    if len(raw) < header_size:
+        raise _broken(path, f'is truncated: {len(raw)} bytes, shorter than its {header_size}-byte header')
     shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], 'big') for i in range(ndim))
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    expected, found = math.prod(shape), len(raw) - header_size
+    if found != expected:
+        state = 'truncated' if found < expected else 'longer than its header says'
+        raise _broken(path, f'is {state}: its header says {list(shape)} = {expected} bytes of pixels or labels, '
+                            f'it holds {found}')
+    return np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
+
+
+def _read_bytes(path):
+    """Whole file, gunzipped when it ends in .gz; a bad or truncated gzip stream is a UserError."""
+    try:
+        if path.endswith('.gz'):
+            with gzip.open(path, 'rb') as f:
+                return f.read()
+        with open(path, 'rb') as f:
+            return f.read()
+    except (OSError, EOFError, zlib.error) as error:  # gzip.BadGzipFile is an OSError
+        reason = ' '.join(str(error).split()) or type(error).__name__
+        raise _broken(path, f'cannot be read as {"gzip" if path.endswith(".gz") else "a file"} ({reason})') from error
+
+
+def _broken(path, what):
+    return UserError(f'{path} {what}; replace it with an intact copy, or delete it and rerun to download it again')

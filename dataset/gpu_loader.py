@@ -13,17 +13,17 @@ from dataset.cifar100 import CROP_PADDING
 class GpuResidentLoader:
     """Iterates batches of float32 NCHW images on `device`.
 
-    Train batches: (images, targets), (images, targets, index) with_index, or
-    (images, targets, index, contrast_idx [B, K+1]) when `contrast` (a ContrastSampler) is given.
-    Each epoch's order, crops, flips and contrast draws come from a generator seeded with seed + epoch;
-    `set_epoch` picks the epoch, otherwise every `__iter__` advances it by one. Ranks > 0 draw their
-    augmentation and negatives from their own generator (the order stays shared, so the shards partition it).
+    Train batches: (images, targets), or (images, targets, index) with_index; with strong_view, dicts
+    {images, targets, [index,] images_strong} where images_strong is a second view of the same samples under the
+    strong augmentation of dataset.strong_aug. Each epoch's order, crops and flips come from a generator seeded with
+    seed + epoch; `set_epoch` picks the epoch, otherwise every `__iter__` advances it by one. Ranks > 0 draw their
+    augmentation from their own generator (the order stays shared, so the shards partition it).
     With world_size > 1, train takes rank's share of the first N - N % world_size permuted samples;
     eval takes indices rank::world_size, so every sample is seen exactly once over all ranks.
     """
 
-    def __init__(self, images, labels, batch_size, mean, std, device, train=True, seed=0, drop_last=False,
-                 with_index=False, contrast=None, rank=0, world_size=1):
+    def __init__(self, images, labels, batch_size, mean, std, device, train=True, seed=0, with_index=False,
+                 strong_view=False, rank=0, world_size=1):
         """images: uint8 [N, H, W, C] (numpy or tensor); labels: int [N]."""
         self.device = torch.device(device)
         images = torch.as_tensor(images).to(self.device).permute(0, 3, 1, 2).contiguous()  # [N, C, H, W]
@@ -36,9 +36,9 @@ class GpuResidentLoader:
         self.batch_size = batch_size
         self.train = train
         self.seed = seed
-        self.drop_last = drop_last
-        self.with_index = with_index or contrast is not None
-        self.contrast = contrast.to(self.device) if contrast is not None else None
+        self.with_index = with_index
+        self.strong_view = strong_view and train
+        self.unpadded = images if self.strong_view else None  # the strong view augments the original images
         self.rank = rank
         self.world_size = world_size
         self.epoch = 0
@@ -47,20 +47,20 @@ class GpuResidentLoader:
         self.epoch = epoch
 
     def __len__(self):
-        n = self._num_samples()
-        return n // self.batch_size if self.drop_last and self.train else -(-n // self.batch_size)
+        return -(-self.num_samples() // self.batch_size)
 
     def __iter__(self):
         epoch_seed = self.seed + self.epoch
         generator = torch.Generator(device=self.device).manual_seed(epoch_seed)
         self.epoch += 1
         order = self._order(generator)
-        if self.rank:  # the permutation is shared by all ranks; crops, flips and negatives must not be
+        if self.rank:  # the permutation is shared by all ranks; crops and flips must not be
             generator = torch.Generator(device=self.device).manual_seed(epoch_seed + 1_000_003 * self.rank)
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             yield self._batch(order[start:start + self.batch_size], generator)
 
-    def _num_samples(self):
+    def num_samples(self):
+        """Samples this rank sees per pass (train: its equal share; eval: indices rank::world_size)."""
         n = len(self.labels)
         if self.train:
             return n // self.world_size
@@ -77,8 +77,14 @@ class GpuResidentLoader:
         images = self._augmented(index, generator) if self.train else self.images[index]
         images = images.float().div_(255).sub_(self.mean).div_(self.std)
         targets = self.labels[index]
-        if self.contrast is not None:
-            return images, targets, index, self.contrast.sample(targets, index, generator)
+        if self.strong_view:
+            from dataset.strong_aug import strong_views_on_device
+            strong = strong_views_on_device(self.unpadded[index], generator)
+            strong = strong.float().div_(255).sub_(self.mean).div_(self.std)
+            items = {"images": images, "targets": targets, "images_strong": strong}
+            if self.with_index:
+                items["index"] = index
+            return items
         return (images, targets, index) if self.with_index else (images, targets)
 
     def _augmented(self, index, generator):

@@ -49,7 +49,7 @@ class ABDistiller(Distiller):
         self.connector = Connector(s_shapes, t_shapes)
         self.criterion = ABLoss(len(s_shapes))
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         return {}
 
     def param_groups(self, opt):
@@ -58,5 +58,5 @@ class ABDistiller(Distiller):
     def init_modules(self, student):
         return [self.connector, student.get_feat_modules()]
 
-    def init_loss(self, out_s, out_t, batch):
+    def init_loss(self, out_s, out_t, batch, ctx):
         return sum(self.criterion(self.connector(out_s.stage_feats), out_t.stage_feats))

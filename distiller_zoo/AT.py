@@ -46,5 +46,5 @@ class AttentionDistiller(Distiller):
         super().__init__(opt, probe, student, teacher)
         self.criterion = Attention()
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         return {"attention": sum(self.criterion(out_s.stage_feats, out_t.stage_feats))}

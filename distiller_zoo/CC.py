@@ -30,5 +30,5 @@ class CorrelationDistiller(Distiller):
         self.embed_t = LinearEmbed(dim_t, opt.feat_dim)
         self.criterion = Correlation()
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         return {"correlation": self.criterion(self.embed_s(out_s.pooled), self.embed_t(out_t.pooled))}

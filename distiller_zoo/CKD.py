@@ -45,6 +45,6 @@ class CKDDistiller(Distiller):
     def add_args(cls, parser):
         parser.add_argument("--ckd_T", type=float, default=1.0, help="CKD contrastive temperature (1.0)")
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         """{"ckd": scalar} from logits [B, K]."""
         return {"ckd": self.criterion(out_s.logits, out_t.logits)}

@@ -14,7 +14,7 @@ from crd.relation import RelationMemory
 from helper.errors import UserError
 
 from .base import Distiller, Needs, register_distiller
-from .CRD import crd_options
+from .CRD import contrast_indices, contrast_sampler, crd_options
 from .KD import DistillKL
 
 EMBED_TYPES = ("linear", "nonlinear", "nofc")
@@ -159,6 +159,7 @@ class CRCDDistiller(Distiller):
         super().__init__(opt, probe, student, teacher)
         opt = crd_options(opt, probe)
         self.criterion = CRCDLoss(opt)
+        self.sampler = contrast_sampler(opt, probe)
         self.with_grad = getattr(opt, "with_grad", False)
         if self.with_grad:
             self.grad_kd_type, self.grad_combine = opt.grad_kd_type, opt.grad_combine
@@ -185,6 +186,11 @@ class CRCDDistiller(Distiller):
                             help="CRCD gradient term: sum (paper: + grad_kd_weight * beta * loss) or product "
                                  "(CRCD code: + alpha * KL * grad_kd_weight * loss) (sum)")
 
+    @classmethod
+    def run_tag(cls, opt):
+        """'grad:<type>' with --with_grad (the gradient-element variant)."""
+        return f"grad:{opt.grad_kd_type}" if getattr(opt, "with_grad", False) else ""
+
     def term_weights(self, opt):
         """Weight of "crcd_grad": --grad_kd_weight times -b (sum) or -a (product); "crcd" keeps -b."""
         if not self.with_grad:
@@ -192,21 +198,23 @@ class CRCDDistiller(Distiller):
         scale = opt.alpha if self.grad_combine == "product" else opt.beta
         return {"crcd_grad": opt.grad_kd_weight * scale}
 
-    def loss(self, out_s, out_t, batch):
-        """{"crcd"[, "crcd_grad"]: scalar} from pooled f_s [B, s_dim], f_t [B, t_dim], indices [B], [B, K+1]."""
-        terms = {"crcd": self.criterion(out_s.pooled, out_t.pooled, batch.index, batch.contrast_idx)}
+    def loss(self, out_s, out_t, batch, ctx):
+        """{"crcd"[, "crcd_grad"]: scalar} from pooled f_s [B, s_dim], f_t [B, t_dim], indices [B] and the [B, K+1]
+        contrast indices it draws."""
+        contrast_idx = contrast_indices(self.sampler, batch, ctx)
+        terms = {"crcd": self.criterion(out_s.pooled, out_t.pooled, batch.index, contrast_idx)}
         if self.with_grad:
-            terms["crcd_grad"] = self.gradient_loss(out_s, out_t, batch)
+            terms["crcd_grad"] = self.gradient_loss(out_s, out_t, batch, contrast_idx)
         return terms
 
-    def gradient_loss(self, out_s, out_t, batch):
+    def gradient_loss(self, out_s, out_t, batch, contrast_idx):
         """--grad_kd_type loss between the gradient elements [B, D] (times the KL with --grad_combine product)."""
         g_s = student_gradient_element(self.student_head, out_s.pooled.flatten(1), batch.targets)
         g_t = teacher_gradient_element(self.teacher_head, out_t.pooled.flatten(1), batch.targets)
         if self.grad_kd_type == "cos":
             loss = self.grad_criterion(g_s, g_t)
         else:
-            loss = self.grad_criterion(g_s, g_t, batch.index, batch.contrast_idx)
+            loss = self.grad_criterion(g_s, g_t, batch.index, contrast_idx)
         if self.grad_combine == "product":
             loss = self.kl(out_s.logits, out_t.logits) * loss
         return loss

@@ -1,7 +1,8 @@
 """CTKD: a learnable distillation temperature trained adversarially through a gradient reversal layer.
 
-A plug-in, not a `--distill` method: with `--have_mlp 1` the loop builds a temperature module, feeds its
-output to the KL term and to temperature-aware methods (Batch.temperature), and trains it with the student.
+A plug-in, not a `--distill` method (helper/plugins/ctkd.py): with `--have_mlp 1` the loop builds a temperature
+module, maps its output with `map_temperature`, hands it to the KL term and to every method that consumes a
+temperature (StepContext.temperature), and trains it with the student.
 
 Sign convention (CTKD's): the reversal layer multiplies the gradient reaching the temperature by lambda, with
 no extra minus. The curriculum takes lambda from --decay_max (0) down to --decay_min (-1), so the SGD step on
@@ -37,59 +38,47 @@ class GradientReversal(nn.Module):
         return GradientReversalFunction.apply(x, lambda_)
 
 
-class _Temperature(nn.Module):
-    """Shared parametrisation T = t_start + t_end * sigmoid(raw), computed in the parameters' dtype."""
-
-    def __init__(self, t_start, t_end):
-        super().__init__()
-        self.t_start = t_start
-        self.t_end = t_end
-        self.grl = GradientReversal()
-
-    def raw(self, logit_t, logit_s):
-        """Pre-sigmoid temperature, [1] or [B, 1]."""
-        raise NotImplementedError
-
-    def forward(self, logit_t, logit_s, lambda_):
-        """Temperature from teacher and student logits [B, K] and the curriculum's lambda_ (float).
-
-        Autocast is disabled here so a bf16 run still learns the temperature in float32.
-        """
-        with torch.autocast(device_type=logit_t.device.type, enabled=False):
-            theta = self.grl(self.raw(logit_t, logit_s), lambda_)
-            return self.t_start + self.t_end * torch.sigmoid(theta)
-
-
-class Global_T(_Temperature):
+class Global_T(nn.Module):
     """Curriculum Temperature for Knowledge Distillation (Li et al., AAAI 2023): one temperature for all samples.
 
-    forward(logit_t, logit_s, lambda_) -> [1]; the logits [B, K] are unused (CTKD's signature).
+    CTKD's interface: `Global_T()(fake_input1, fake_input2, lambda_)` returns the raw parameter [1] through the
+    gradient reversal layer; the caller maps it with `map_temperature` (t_start + t_end * sigmoid), as CTKD's loop does.
     """
 
-    def __init__(self, t_start=1.0, t_end=20.0):
-        super().__init__(t_start, t_end)
+    def __init__(self):
+        super().__init__()
         self.global_T = nn.Parameter(torch.ones(1))
+        self.grl = GradientReversal()
 
-    def raw(self, logit_t, logit_s):
-        return self.global_T
+    def forward(self, fake_input1, fake_input2, lambda_):
+        """The raw temperature [1], its gradient multiplied by the curriculum's lambda_; the inputs are unused."""
+        return self.grl(self.global_T, lambda_)
 
 
-class Instance_T(_Temperature):
+class Instance_T(nn.Module):
     """Curriculum Temperature for Knowledge Distillation (Li et al., AAAI 2023): one temperature per sample.
 
-    forward(logit_t, logit_s, lambda_) -> [B, 1] from logits [B, K]: a 2-layer MLP on the concatenated, detached
-    logits (no gradient reaches the student through this path); the last bias starts at 1 so the initial
-    temperature matches Global_T's. The official repository does not release this module.
+    forward(logit_t, logit_s, lambda_) -> raw temperatures [B, 1] through the reversal layer, from a 2-layer MLP on the
+    concatenated, detached logits [B, 2K] (no gradient reaches the networks through this path); the caller maps them
+    with `map_temperature`. The last bias starts at 1, so the initial temperature is Global_T's. CTKD never released
+    an instance-wise module: this design is ours.
     """
 
-    def __init__(self, num_classes, t_start=1.0, t_end=20.0, hidden_dim=256):
-        super().__init__(t_start, t_end)
+    def __init__(self, num_classes, hidden_dim=256):
+        super().__init__()
         self.mlp = nn.Sequential(nn.Linear(2 * num_classes, hidden_dim), nn.ReLU(), nn.Linear(hidden_dim, 1))
         nn.init.constant_(self.mlp[2].bias, 1.0)
+        self.grl = GradientReversal()
 
-    def raw(self, logit_t, logit_s):
+    def forward(self, logit_t, logit_s, lambda_):
         dtype = self.mlp[0].weight.dtype
-        return self.mlp(torch.cat([logit_t, logit_s], dim=1).detach().to(dtype))
+        raw = self.mlp(torch.cat([logit_t, logit_s], dim=1).detach().to(dtype))
+        return self.grl(raw, lambda_)
+
+
+def map_temperature(raw, t_start, t_end):
+    """CTKD's mapping of a raw temperature to (t_start, t_start + t_end): t_start + t_end * sigmoid(raw)."""
+    return t_start + t_end * torch.sigmoid(raw)
 
 
 def add_ctkd_args(parser):
@@ -116,9 +105,9 @@ def build_temperature(opt, num_classes):
     if opt.t_start <= 0 or opt.t_end < 0:
         raise UserError(f"--t_start must be positive and --t_end non-negative, got {opt.t_start} and {opt.t_end}")
     if opt.mlp_name == "global":
-        return Global_T(opt.t_start, opt.t_end)
+        return Global_T()
     if opt.mlp_name == "instance":
-        return Instance_T(num_classes, opt.t_start, opt.t_end)
+        return Instance_T(num_classes)
     raise UserError(f"unknown --mlp_name {opt.mlp_name!r}; choose global or instance")
 
 

@@ -9,6 +9,7 @@ from helper.errors import UserError
 from helper.schedules import linear_warmup
 
 from .base import Distiller, Needs, register_distiller
+from .KD import normalize
 
 GT_MASK_SHIFT = 1000.0  # mdistiller removes the target class from the NCKD softmaxes by subtracting this
 
@@ -57,13 +58,15 @@ def warmup_factor(epoch, iteration, iters_per_epoch, warmup):
 
 @register_distiller("dkd")
 class DKDDistiller(Distiller):
-    """DKD on logits; with CTKD on it uses the learnable temperature (Batch.temperature) instead of --dkd_T.
+    """DKD on logits; with the CTKD plug-in it uses the learnable temperature instead of --dkd_T, and with the logit
+    standardisation plug-in it standardises both logits first (the LS code's dkd_loss(..., logit_stand=True)).
 
     The term is weighted by -b (recipe 1, with -r 1 -a 0 as mdistiller's CE weight 1 and CTKD's DKD script) and
     ramped in by min(epoch / --warmup, 1).
     """
 
     needs = Needs()
+    consumes = frozenset({"temperature", "logit_transform"})
 
     def __init__(self, opt, probe, student, teacher):
         super().__init__(opt, probe, student, teacher)
@@ -79,10 +82,25 @@ class DKDDistiller(Distiller):
         parser.add_argument("--dkd_T", type=float, default=4.0, help="DKD temperature without CTKD (4.0)")
         parser.add_argument("--warmup", type=int, default=20, help="DKD ramps in over this many epochs (20)")
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         """{"dkd": scalar} from logits [B, K] and targets [B]."""
-        T = self.T if batch.temperature is None else batch.temperature
-        return {"dkd": self.criterion(out_s.logits, out_t.logits, batch.targets, self.alpha, self.beta, T)}
+        z_s, z_t = ctx.distill_logits(out_s.logits), ctx.distill_logits(out_t.logits)
+        return {"dkd": self.criterion(z_s, z_t, batch.targets, self.alpha, self.beta, ctx.temp(self.T))}
 
     def term_schedules(self, opt):
         return {"dkd": partial(warmup_factor, warmup=opt.warmup)}
+
+
+def dkd_loss(logits_student, logits_teacher, target, alpha, beta, temperature, logit_stand=False):
+    """Decoupled KD (Zhao et al., CVPR 2022), optionally on standardised logits (Sun et al., CVPR 2024).
+
+    DKDloss's value alpha * TCKD + beta * NCKD (each KL * T^2, summed over the batch / B) of logits [B, K] and
+    target [B]; with `logit_stand`, of normalize(logits) instead, standardised in at least float32 with autocast
+    off. temperature: a float or a tensor [1] / [B, 1] through which gradients flow. The teacher side stays in log
+    space (finite gradients for a learnable temperature where the teacher's probabilities underflow).
+    """
+    if logit_stand:
+        with torch.autocast(device_type=logits_student.device.type, enabled=False):
+            s = logits_student.to(torch.promote_types(logits_student.dtype, torch.float32))
+            logits_student, logits_teacher = normalize(s), normalize(logits_teacher.to(s.dtype))
+    return DKDloss()(logits_student, logits_teacher, target, alpha, beta, temperature)

@@ -67,11 +67,11 @@ class FSPDistiller(Distiller):
         t_shapes = [f.shape for f in probe.out_t.all_but_pooled]
         self.criterion = FSP(s_shapes, t_shapes)
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         return {}
 
     def init_modules(self, student):
         return [student.get_feat_modules()]
 
-    def init_loss(self, out_s, out_t, batch):
+    def init_loss(self, out_s, out_t, batch, ctx):
         return sum(self.criterion(out_s.all_but_pooled, out_t.all_but_pooled))

@@ -59,7 +59,7 @@ class FactorTransferDistiller(Distiller):
         self.translator = Translator(s_shape, t_shape)
         self.criterion = FactorTransfer()
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         factor_s = self.translator(out_s.last_stage)
         factor_t = self.paraphraser(out_t.last_stage, is_factor=True)
         return {"factor": self.criterion(factor_s, factor_t)}
@@ -77,7 +77,7 @@ class FactorTransferDistiller(Distiller):
     def init_modules(self, student):
         return [self.paraphraser]
 
-    def init_loss(self, out_s, out_t, batch):
+    def init_loss(self, out_s, out_t, batch, ctx):
         _, reconstruction = self.paraphraser(out_t.last_stage)
         return F.mse_loss(reconstruction, out_t.last_stage)
 

@@ -44,6 +44,6 @@ class HintDistiller(Distiller):
             raise UserError(f"--hint_layer {self.hint_layer} is out of range: the {side} has feature maps 0..{maps - 1}")
         return hint_feature(out, self.hint_layer)
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         f_s = self.regress_s(hint_feature(out_s, self.hint_layer))
         return {"hint": self.criterion(f_s, hint_feature(out_t, self.hint_layer))}

@@ -1,4 +1,11 @@
-"""HKD: match the teacher's information flow (probabilistic similarity structure) at every stage."""
+"""HKD: match the teacher's information flow (probabilistic similarity structure) at every stage.
+
+Difference from SemCKD's HKDLoss (the code this file otherwise follows): SemCKD weights the first layer by
+init_weight and every other layer by 1 at every epoch (it computes init_weight * decay**layer but never applies it).
+The authors (passalis/pkth, cifar10/exp2_proposed.py) weight the penultimate layer by 1 and all the others by one
+shared init_weight * decay**epoch, so the intermediate layers guide the early epochs and fade out. The default is
+the authors' schedule; `HKDLoss(..., faithful=True)` / `--hkd_faithful` reproduces SemCKD's.
+"""
 import torch
 from torch import nn
 
@@ -47,10 +54,10 @@ def combined_prob_loss(teacher_features, student_features):
 class HKDLoss(nn.Module):
     """Heterogeneous Knowledge Distillation using Information Flow Modeling (Passalis et al., CVPR 2020).
 
-    Layer i (0 = shallowest given) is weighted init_weight * decay**i. SemCKD computes that weight but applies
-    only init_weight to layer 0 and weight 1 to every other layer; `faithful=True` reproduces that. (In the
-    authors' code the decay is over epochs, not layers: the penultimate feature has weight 1 and the others a shared
-    weight init_weight * decay**epoch; neither SemCKD nor this class implements that schedule.)
+    Weighted sum over zipped layer pairs of the combined Jeffreys loss; the last pair is the penultimate layer.
+    Default, the authors' schedule: the penultimate layer has weight 1 and every other layer the shared weight
+    init_weight * decay**(epoch - 1) (1-based epoch). `faithful=True`: SemCKD's weights, init_weight on the first
+    layer and 1 on the others, at every epoch.
     """
 
     def __init__(self, init_weight=100, decay=0.7, *, faithful=False):
@@ -59,25 +66,28 @@ class HKDLoss(nn.Module):
         self.decay = decay
         self.faithful = faithful
 
-    def forward(self, f_s, f_t):
-        """Weighted sum over zipped layer pairs of lists of [B, ...] features (any shapes; flattened per sample)."""
+    def forward(self, f_s, f_t, epoch=1):
+        """Lists of [B, ...] features (any shapes; flattened per sample), shallowest first, at 1-based `epoch`."""
+        pairs = list(zip(f_s, f_t))
         loss = 0
-        for i, (student, teacher) in enumerate(zip(f_s, f_t)):
+        for weight, (student, teacher) in zip(self.layer_weights(len(pairs), epoch), pairs):
             layer_loss = combined_prob_loss(teacher.reshape(teacher.shape[0], -1),
                                             student.reshape(student.shape[0], -1))
-            loss = loss + self.layer_weight(i) * layer_loss
+            loss = loss + weight * layer_loss
         return loss
 
-    def layer_weight(self, i):
-        """Weight of layer i: init_weight * decay**i, or SemCKD's init_weight for i == 0 and 1 after if faithful."""
+    def layer_weights(self, num_layers, epoch=1):
+        """Weights of `num_layers` layers at 1-based `epoch`, shallowest first."""
         if self.faithful:
-            return self.init_weight if i == 0 else 1
-        return self.init_weight * self.decay ** i
+            return [self.init_weight] + [1] * (num_layers - 1)
+        shared = self.init_weight * self.decay ** (epoch - 1)
+        return [shared] * (num_layers - 1) + [1]
 
 
 @register_distiller("hkd")
 class HKDDistiller(Distiller):
-    """HKD as SemCKD runs it: HKDLoss(--hkd_initial_weight, --hkd_decay) over the stage outputs (feat[1:-1])."""
+    """HKD over the stage outputs (SemCKD's feat[1:-1]; the last stage is the penultimate layer), weighted by the
+    authors' epoch schedule (HKDLoss(--hkd_initial_weight, --hkd_decay)) or SemCKD's with --hkd_faithful."""
 
     needs = Needs(feats=True)
 
@@ -87,11 +97,13 @@ class HKDDistiller(Distiller):
 
     @classmethod
     def add_args(cls, parser):
-        parser.add_argument('--hkd_initial_weight', default=100, type=float, help='Initial layer weight for HKD method')
-        parser.add_argument('--hkd_decay', default=0.7, type=float, help='Layer weight decay for HKD method')
+        parser.add_argument('--hkd_initial_weight', default=100, type=float,
+                            help="HKD: weight of the layers before the penultimate one at epoch 1 (100)")
+        parser.add_argument('--hkd_decay', default=0.7, type=float,
+                            help="HKD: that weight is multiplied by this after every epoch (0.7)")
         parser.add_argument('--hkd_faithful', action='store_true',
-                            help="HKD: reproduce SemCKD's weighting (init weight on the first layer, 1 on the others) "
-                                 "instead of init_weight * decay**layer")
+                            help="HKD: SemCKD's weighting instead (--hkd_initial_weight on the first layer, 1 on the "
+                                 "others, no decay)")
 
-    def loss(self, out_s, out_t, batch):
-        return {"hkd": self.criterion(out_s.stage_feats, out_t.stage_feats)}
+    def loss(self, out_s, out_t, batch, ctx):
+        return {"hkd": self.criterion(out_s.stage_feats, out_t.stage_feats, epoch=ctx.epoch)}

@@ -110,7 +110,7 @@ class IRGDistiller(Distiller):
         parser.add_argument('--no_edge_transform', action='store_true',
                             help='IRG: drop the edge (distance-matrix) part of the transform loss')
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         return {"irg": self.criterion(out_s.pooled, out_t.pooled,
                                       transform_features(out_s, self.transform_layer_s),
                                       transform_features(out_t, self.transform_layer_t),

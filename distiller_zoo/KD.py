@@ -36,5 +36,33 @@ class KDDistiller(Distiller):
 
     needs = Needs()
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         return {}
+
+
+def normalize(logit):
+    """Logit Standardization in Knowledge Distillation (Sun et al., CVPR 2024): z-score over the last dimension.
+
+    (logit - mean) / (1e-7 + std) for logits [..., K], std with Bessel's correction as the official code's
+    `Tensor.std`; the dtype is kept (callers upcast first where precision matters).
+    """
+    mean = logit.mean(dim=-1, keepdim=True)
+    std = logit.std(dim=-1, keepdim=True)
+    return (logit - mean) / (1e-7 + std)
+
+
+class DistillKL_logit_stand(nn.Module):
+    """Logit Standardization in Knowledge Distillation (Sun et al., CVPR 2024): KD on standardised logits."""
+
+    def forward(self, y_s, y_t, temp):
+        """KL(p_t || p_s) * T^2 of normalize(y_s), normalize(y_t) [B, K] at temperature `temp`.
+
+        `temp` is a float or a tensor [] / [1] (CTKD's learnable temperature, through which gradients flow) or
+        [B, 1] (one per sample), as DistillKL's. Computed in at least float32 with autocast off; the teacher side
+        in log space.
+        """
+        with torch.autocast(device_type=y_s.device.type, enabled=False):
+            s = y_s.to(torch.promote_types(y_s.dtype, torch.float32))
+            t = y_t.to(s.dtype)
+            T = temp.to(s.dtype) if torch.is_tensor(temp) else temp
+            return DistillKL(T)(normalize(s), normalize(t))

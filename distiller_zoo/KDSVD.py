@@ -90,5 +90,5 @@ class KDSVDDistiller(Distiller):
                                 f"has {f_s.shape[1]} (student) vs {f_t.shape[1]} (teacher)")
         self.criterion = KDSVD()
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         return {"kdsvd": sum(self.criterion(out_s.stage_feats, out_t.stage_feats))}

@@ -36,5 +36,5 @@ class NSTDistiller(Distiller):
         super().__init__(opt, probe, student, teacher)
         self.criterion = NSTLoss()
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         return {"nst": sum(self.criterion(out_s.stage_feats, out_t.stage_feats))}

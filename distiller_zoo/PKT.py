@@ -42,5 +42,5 @@ class PKTDistiller(Distiller):
         super().__init__(opt, probe, student, teacher)
         self.criterion = PKT()
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         return {"pkt": self.criterion(out_s.pooled, out_t.pooled)}

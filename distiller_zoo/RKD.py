@@ -58,5 +58,5 @@ class RKDDistiller(Distiller):
         super().__init__(opt, probe, student, teacher)
         self.criterion = RKDLoss()
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         return {"rkd": self.criterion(out_s.pooled, out_t.pooled)}

@@ -36,6 +36,6 @@ class SimilarityDistiller(Distiller):
         super().__init__(opt, probe, student, teacher)
         self.criterion = Similarity()
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         loss = sum(self.criterion([out_s.last_stage], [out_t.last_stage]))
         return {"similarity": loss.reshape(())}

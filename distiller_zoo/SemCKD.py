@@ -42,6 +42,6 @@ class SemCKDDistiller(Distiller):
                                     [f.shape[1] for f in g_t])
         self.criterion = SemCKDLoss()
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         s_value, f_target, weight = self.self_attention(out_s.stage_feats, out_t.stage_feats)
         return {"semckd": self.criterion(s_value, f_target, weight)}

@@ -56,6 +56,6 @@ class VIDDistiller(Distiller):
         self.criterion = nn.ModuleList(
             [VIDLoss(f_s.shape[1], f_t.shape[1], f_t.shape[1]) for f_s, f_t in zip(g_s, g_t)])
 
-    def loss(self, out_s, out_t, batch):
+    def loss(self, out_s, out_t, batch, ctx):
         pairs = zip(out_s.stage_feats, out_t.stage_feats, self.criterion)
         return {"vid": sum(vid(f_s, f_t) for f_s, f_t, vid in pairs)}

@@ -1,6 +1,6 @@
 """Every distillation method, one file each; importing a file registers its `--distill` name."""
 from .base import Distiller, Needs, distiller_registry, get_distiller_class, register_distiller  # noqa: F401
-from .KD import DistillKL  # noqa: F401
+from .KD import DistillKL, DistillKL_logit_stand  # noqa: F401
 from .FitNet import HintLoss  # noqa: F401
 from .AT import Attention  # noqa: F401
 from .SP import Similarity  # noqa: F401
@@ -21,3 +21,10 @@ from .DKD import DKDloss  # noqa: F401
 from .CKD import CKDLoss  # noqa: F401
 from .CTKD import GradientReversal, Global_T  # noqa: F401
 from .CRCD import CRCDDistiller, CRCDLoss  # noqa: F401
+from .ReviewKD import ABF, hcl_loss  # noqa: F401
+from .OFD import OFDLoss  # noqa: F401
+from .SimKD import SimKDDistiller  # noqa: F401
+from .SRRL import SRRLDistiller  # noqa: F401
+from .DIST import DIST  # noqa: F401
+from .MLKD import MLKDLoss  # noqa: F401
+from .ICKD import ICKDLoss  # noqa: F401

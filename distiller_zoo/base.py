@@ -7,7 +7,7 @@ flags, builds its extra modules from probed feature shapes, and returns named lo
 `helper/loops.py` only reads these declarations; it never looks at a method's name.
 """
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Dict, List, Optional
+from typing import Callable, ClassVar, Dict, FrozenSet, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -21,9 +21,18 @@ class Needs:
     feats: bool = False           # call both models with is_feat=True
     preact: bool = False          # ... and preact=True (pre-activation stage outputs)
     index: bool = False           # batches carry dataset indices [B]
-    contrast_index: bool = False  # batches carry contrast indices [B, K+1] (implies index)
-    full_batches: bool = False    # the loader drops the last partial batch
+    contrast_index: bool = False  # the method draws contrast indices [B, K+1] itself, with ctx.generator (implies index)
+    full_batches: bool = False    # the method skips the last partial batch of an epoch
     init_stage: bool = False      # an init stage of --init_epochs runs before distillation
+    teacher_preact: Optional[bool] = None  # the teacher's preact when it differs from the student's (ReviewKD)
+    strong_view: bool = False     # batches carry a strongly augmented second view; out_s.strong / out_t.strong
+
+    @property
+    def teacher_needs(self):
+        """The Needs of the teacher's forward (its own preact when teacher_preact is set)."""
+        if self.teacher_preact is None:
+            return self
+        return Needs(feats=self.feats or self.teacher_preact, preact=self.teacher_preact, strong_view=self.strong_view)
 
 
 @dataclass
@@ -31,6 +40,7 @@ class ModelOutput:
     """One network's output on a batch: `feats` as `model(x, is_feat=True)` returns them, or None."""
     logits: torch.Tensor                      # [B, num_classes]
     feats: Optional[List[torch.Tensor]] = None
+    strong: Optional["ModelOutput"] = None    # the same network's output on batch.images_strong (Needs.strong_view)
 
     @property
     def stage_feats(self):
@@ -59,15 +69,47 @@ class Batch:
     images: torch.Tensor                      # [B, C, H, W]
     targets: torch.Tensor                     # [B]
     index: Optional[torch.Tensor] = None      # [B] dataset indices
-    contrast_idx: Optional[torch.Tensor] = None  # [B, K+1], positive first
-    temperature: Optional[torch.Tensor] = None   # learnable temperature ([1] or [B, 1]) set by CTKD, else None
-    epoch: int = 0                               # 1-based epoch, for methods with warm-ups
+    contrast_idx: Optional[torch.Tensor] = None  # [B, K+1], positive first (tests; methods draw their own)
+    images_strong: Optional[torch.Tensor] = None  # [B, C, H, W] strongly augmented view (Needs.strong_view)
 
     @classmethod
     def from_loader(cls, items, device):
-        """Accept (x, y), (x, y, idx) or (x, y, idx, contrast_idx) and move it to `device`."""
+        """Accept (x, y), (x, y, idx), (x, y, idx, contrast_idx) or a dict of the fields; move it to `device`."""
+        if isinstance(items, dict):
+            return cls(**{k: v.to(device, non_blocking=True) for k, v in items.items()})
         tensors = [t.to(device, non_blocking=True) for t in items]
         return cls(*tensors)
+
+    def __len__(self):
+        return self.targets.shape[0]
+
+
+@dataclass
+class StepContext:
+    """What the loop and the plug-ins give a method's `loss` for one step (no side channel through Batch).
+
+    temperature: the CTKD plug-in's learnable temperature for this batch ([1] or [B, 1], float32, with a graph
+    into the temperature module), or None; `temp(default)` picks it or the method's own fixed T.
+    logit_transforms: functions applied, in order, to logits before a temperature divides them (the logit
+    standardisation plug-in); `distill_logits(z)` applies them. generator: the method's own random stream (on the
+    training device), reseeded every epoch from the run's seed, independent of the data stream.
+    """
+    epoch: int = 1                      # 1-based
+    iteration: int = 0                  # 0-based, within the epoch
+    iters_per_epoch: int = 1
+    temperature: Optional[torch.Tensor] = None
+    logit_transforms: Tuple[Callable[[torch.Tensor], torch.Tensor], ...] = ()
+    generator: Optional[torch.Generator] = None
+
+    def temp(self, default):
+        """The learnable temperature when a temperature plug-in is on, else `default` (a float)."""
+        return default if self.temperature is None else self.temperature
+
+    def distill_logits(self, logits):
+        """`logits` [..., K] after the logit plug-ins' transforms (identity without any)."""
+        for transform in self.logit_transforms:
+            logits = transform(logits)
+        return logits
 
 
 @dataclass
@@ -79,6 +121,7 @@ class ProbeShapes:
     logit_t: torch.Tensor
     n_data: int          # training-set size (memory banks)
     num_classes: int
+    train_targets: Optional[torch.Tensor] = None  # [n_data] labels of the training set (contrast sampling)
 
     @property
     def out_s(self):
@@ -101,6 +144,9 @@ class Distiller(nn.Module):
     """
     needs: ClassVar[Needs] = Needs()
     name: ClassVar[str] = ""
+    # Plug-in kinds the method's own terms read from StepContext: "temperature" (ctx.temp) and/or
+    # "logit_transform" (ctx.distill_logits). A plug-in of a kind no term reads is refused at start-up.
+    consumes: ClassVar[FrozenSet[str]] = frozenset()
 
     def __init__(self, opt, probe: ProbeShapes, student: nn.Module, teacher: nn.Module):
         super().__init__()
@@ -109,9 +155,19 @@ class Distiller(nn.Module):
     def add_args(cls, parser):
         """Add the method's own flags (the peers' names and defaults) to `parser`."""
 
-    def loss(self, out_s: ModelOutput, out_t: ModelOutput, batch: Batch) -> Dict[str, torch.Tensor]:
+    def loss(self, out_s: ModelOutput, out_t: ModelOutput, batch: Batch, ctx: StepContext) -> Dict[str, torch.Tensor]:
         """Named distillation terms for one batch; {} for a method with no term of its own (KD)."""
         raise NotImplementedError
+
+    def eval_model(self, student: nn.Module) -> Optional[nn.Module]:
+        """The module that maps images to logits for validation and checkpoints' reported accuracy, when it is not
+        the student itself (SimKD: the student's features through the projector and the teacher's classifier)."""
+        return None
+
+    @classmethod
+    def run_tag(cls, opt) -> str:
+        """A tag for the run folder's name when the method's flags make a variant of it ("" for none)."""
+        return ""
 
     def term_weights(self, opt) -> Dict[str, float]:
         """Weight of each term returned by `loss`; by default every term is weighted by -b/--beta."""
@@ -135,7 +191,7 @@ class Distiller(nn.Module):
         """Modules trained in the init stage; only called when needs.init_stage."""
         raise NotImplementedError
 
-    def init_loss(self, out_s: ModelOutput, out_t: ModelOutput, batch: Batch) -> torch.Tensor:
+    def init_loss(self, out_s: ModelOutput, out_t: ModelOutput, batch: Batch, ctx: StepContext) -> torch.Tensor:
         """Scalar loss of the init stage."""
         raise NotImplementedError
 

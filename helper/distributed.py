@@ -193,3 +193,27 @@ def reduce_meters(meters, device):
     dist.all_reduce(totals)
     by_name = {n: (s / max(c, 1.0)) for n, (s, c) in zip(names, totals.tolist())}
     return {name: by_name[name] for name in meters}
+
+
+def all_finite(tensor):
+    """True when `tensor` is finite on every rank (one host sync; an all-reduce under torchrun)."""
+    flag = torch.isfinite(torch.as_tensor(tensor)).all().to(torch.int32)
+    if is_distributed():
+        flag = flag.reshape(1).clone()
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def together(fn):
+    """Run fn() on every rank; a UserError on any rank is raised on every rank (so none waits for the others)."""
+    error = None
+    try:
+        fn()
+    except UserError as e:
+        error = str(e)
+    if is_distributed():
+        errors = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, error)
+        error = next((e for e in errors if e), None)
+    if error:
+        raise UserError(error)

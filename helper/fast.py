@@ -11,6 +11,8 @@ How the options are applied (all in `prepare_models`, on the bare networks, befo
   bank, meter and optimizer update stays float32. Inside the networks convolutions and linears run in bf16;
   BatchNorm keeps float32 weights and running statistics and accumulates its batch statistics in float32
   (ATen/cuDNN mixed-type batch norm). Parameters and gradients stay float32 (no loss scaling needed for bf16).
+* `--amp fp16`: the same with float16, for GPUs without bfloat16; the loss is scaled by a torch.amp.GradScaler
+  (saved in checkpoints, so --resume stays exact); a step whose gradients overflow is skipped and counted.
 * `--compile`: `nn.Module.compile()` on the student (forward and, through AOTAutograd, backward) and on the
   teacher's inference forward, in place, so state_dict keys and checkpoints are unchanged; `dynamic=False`
   (the last partial batch and validation get their own static graphs).
@@ -34,15 +36,16 @@ from helper.errors import UserError
 
 log = logging.getLogger("kd")
 
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16}
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def add_fast_args(parser):
     """--amp, --channels_last, --compile, --cuda_graphs (all off by default) in their own argument group."""
     p = parser.add_argument_group("speed (same experiment, faster kernels)")
     p.add_argument("--amp", type=str, default="none", choices=sorted(AMP_DTYPES),
-                   help="bf16: run the networks under bfloat16 autocast; losses, BatchNorm statistics, parameters "
-                        "and optimizer stay float32 (none)")
+                   help="bf16 / fp16: run the networks under bfloat16 / float16 autocast; losses, BatchNorm "
+                        "statistics, parameters and optimizer stay float32; fp16 (GPUs without bf16: V100, T4, "
+                        "RTX 20xx) adds a gradient scaler whose skipped steps are counted in the logs (none)")
     p.add_argument("--channels_last", action="store_true",
                    help="store the networks' weights and input images channels-last (NHWC): faster convolutions "
                         "on tensor cores, same numbers up to rounding")
@@ -64,7 +67,7 @@ def _device(opt, device=None):
 
 
 def amp_dtype(opt):
-    """torch.bfloat16 for --amp bf16, else None."""
+    """torch.bfloat16 / torch.float16 for --amp bf16 / fp16, else None."""
     amp = _get(opt, "amp", "none") or "none"
     if amp not in AMP_DTYPES:
         raise UserError(f"unknown --amp {amp!r}; choose one of: {', '.join(sorted(AMP_DTYPES))}")
@@ -99,8 +102,15 @@ def describe(opt):
     return "speed options: " + ", ".join(parts)
 
 
+def grad_scaler(opt):
+    """A torch.amp.GradScaler for --amp fp16 (on the run's device type), else None."""
+    if amp_dtype(opt) is not torch.float16:
+        return None
+    return torch.amp.GradScaler(_device(opt).type)
+
+
 def autocast(opt, device=None):
-    """torch.autocast(device type, dtype=bfloat16) with --amp bf16, else a no-op context."""
+    """torch.autocast(device type, dtype) with --amp bf16 / fp16, else a no-op context."""
     dtype = amp_dtype(opt)
     if dtype is None:
         return contextlib.nullcontext()
@@ -203,9 +213,9 @@ def wrap_step(compute, opt):
         return compute
 
     @functools.wraps(compute)
-    def step(batch):
+    def step(*args):
         torch.compiler.cudagraph_mark_step_begin()
-        return compute(batch)
+        return compute(*args)
     return step
 
 

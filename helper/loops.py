@@ -1,19 +1,23 @@
-"""The shared epoch loop: one training loop for teachers, students and init stages, and validation.
+"""The shared epoch loop: one pass over the data trains every trainee of the process (one network, or a group of
+students sharing one teacher pass), and validation.
 
-The loop knows nothing about methods: a `compute(batch) -> (logits, {term: loss})` closure
-produces named loss terms, `weights(epoch, iteration) -> {term: weight}` weights them, and the
-loop backpropagates once, keeps one meter per term, and stops on a non-finite loss.
+The loop knows nothing about methods: each trainee's `compute(batch, teachers, ctx) -> (logits, {term: loss})`
+produces named loss terms, its weights weight them, and the trainee backpropagates once (helper.run.Trainee).
+The augmented batch is made once per step and the teacher runs once per distinct need of the active trainees.
 """
-from collections import defaultdict
+import logging
+import time
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from distiller_zoo.base import Batch, ModelOutput
-from helper import distributed, fast
-from helper.errors import NonFiniteLossError
-from helper.util import AverageMeter, accuracy
+from distiller_zoo.base import Batch, ModelOutput, Needs
+from helper import fast
+from helper.util import accuracy
+from helper.weights import is_task_term
+
+log = logging.getLogger("kd")
 
 
 def forward_model(model, images, needs):
@@ -24,28 +28,65 @@ def forward_model(model, images, needs):
     return ModelOutput(logits=model(images))
 
 
-def weighted_sum(terms, weights):
-    """sum_k weights[k] * terms[k], skipping zero weights; every term must have a weight."""
-    total = None
+class TeacherOutputs:
+    """The frozen teacher's outputs on one batch, computed on first request and shared by every student.
+
+    One forward per distinct need: features without or with pre-activations; a logits-only need is served by a
+    feature forward of the same batch when one was asked for (the same computation), so a group of KD and a
+    feature method runs the teacher once. The strong view (Needs.strong_view) gets its own logits-only forward.
+    """
+
+    def __init__(self, teacher, batch, needs_list=()):
+        self.teacher, self.batch = teacher, batch
+        self.cache = {}
+        teacher_needs = [n.teacher_needs for n in needs_list]
+        self.feature_forward = any(n.feats and not n.preact for n in teacher_needs)
+
+    def get(self, needs):
+        """ModelOutput for a student's `needs` (the teacher side: needs.teacher_needs), with .strong if asked."""
+        t_needs = needs.teacher_needs
+        if t_needs.preact:
+            key = "preact"
+        elif t_needs.feats or self.feature_forward:
+            key = "feats"
+        else:
+            key = "logits"
+        out = self._forward(key, self.batch.images)
+        if needs.strong_view:
+            out = ModelOutput(logits=out.logits, feats=out.feats, strong=self._forward("strong", self.batch.images_strong))
+        return out
+
+    def _forward(self, key, images):
+        if key not in self.cache:
+            needs = {"preact": Needs(feats=True, preact=True), "feats": Needs(feats=True)}.get(key, Needs())
+            with torch.no_grad():
+                self.cache[key] = forward_model(self.teacher, images, needs)
+        return self.cache[key]
+
+
+def weighted_parts(terms, weights):
+    """(task, distill): sum_k weights[k] * terms[k] over the classification terms and over the others, skipping
+    zero weights; a part with no term is None. Every term must have a weight."""
+    parts = {True: None, False: None}
     for name, value in terms.items():
         w = weights[name]
         if w == 0:
             continue
-        total = w * value if total is None else total + w * value
-    if total is None:
+        task = is_task_term(name)
+        parts[task] = w * value if parts[task] is None else parts[task] + w * value
+    if parts[True] is None and parts[False] is None:
         raise ValueError("every loss term has weight 0: nothing to train (check -r/-a/-b)")
-    return total
+    return parts[True], parts[False]
 
 
 class LossStep(torch.nn.Module):
     """The trainable modules of one training step, held together so that one DistributedDataParallel wraps them.
 
-    forward(batch, step_weights) runs `compute(batch)` -> (logits, terms), with the networks called inside as
-    plain modules (e.g. `student(x, is_feat=True)`), and returns (loss, logits, terms) where only the
-    weighted loss keeps its graph: DDP then looks for unused parameters from the loss actually
-    backpropagated (a term skipped for its zero weight leaves its modules unused, not half-reduced).
-    `modules` (the student, the method's trainable modules, the CTKD temperature; None entries are
-    ignored) are only registered here; the teacher stays outside (it has no trainable parameter).
+    forward(batch, step_weights, *args) runs `compute(batch, *args)` -> (logits, terms), with the networks called
+    inside as plain modules, and returns (task, distill, logits, terms) where only the weighted parts keep their
+    graph: DDP then looks for unused parameters from the loss actually backpropagated. `modules` (the student, the
+    method's trainable modules, the plug-ins' modules; None entries are ignored) are only registered here; the
+    teacher stays outside (it has no trainable parameter).
     """
 
     def __init__(self, compute, modules):
@@ -53,82 +94,44 @@ class LossStep(torch.nn.Module):
         self.parts = torch.nn.ModuleList([m for m in modules if m is not None])
         self.compute = compute
 
-    def forward(self, batch, step_weights):
-        logits, terms = self.compute(batch)
-        loss = weighted_sum(terms, step_weights)
+    def forward(self, batch, step_weights, *args):
+        logits, terms = self.compute(batch, *args)
+        task, distill = weighted_parts(terms, step_weights)
         logits = logits.detach() if logits is not None else None
-        return loss, logits, {name: value.detach() for name, value in terms.items()}
+        return task, distill, logits, {name: value.detach() for name, value in terms.items()}
 
 
-def run_step(compute, batch, step_weights):
-    """(loss, logits, terms) of one batch: a (DDP-wrapped) LossStep, or compute(batch) and the weighted sum."""
+def run_step(compute, batch, step_weights, *args):
+    """(task, distill, logits, terms) of one batch: a (DDP-wrapped) LossStep, or compute and the weighted parts."""
     if isinstance(compute, (LossStep, torch.nn.parallel.DistributedDataParallel)):
-        return compute(batch, step_weights)
-    logits, terms = compute(batch)
-    return weighted_sum(terms, step_weights), logits, terms
+        return compute(batch, step_weights, *args)
+    logits, terms = compute(batch, *args)
+    return (*weighted_parts(terms, step_weights), logits, terms)
 
 
-def _check_finite(loss_sum, meters, epoch, iteration):
-    """Raise NonFiniteLossError if the accumulated loss is NaN/inf (one host sync, at print points only)."""
-    if torch.is_tensor(loss_sum) and not torch.isfinite(loss_sum).item():
-        terms = ", ".join(f"{k}={m.avg:.4g}" for k, m in meters.items() if k.startswith("loss_"))
-        raise NonFiniteLossError(
-            f"loss became non-finite in epoch {epoch} by iteration {iteration} ({terms}); stopping, "
-            "the last good checkpoint is kept")
+def train_epoch(epoch, loader, trainees, device, teacher=None, desc="train", no_progress=None):
+    """One pass over `loader` training every trainee that is active in `epoch`; returns the wall time in seconds.
 
-
-def train_epoch(epoch, loader, compute, optimizer, weights, opt, train_modules, eval_modules=(),
-                desc="train"):
-    """Train one epoch and return {'loss', 'acc1', 'acc5', 'loss_<term>'...} averages.
-
-    compute(batch) -> (logits [B, C] or None, {term: scalar tensor}), or a (DDP-wrapped) LossStep around
-    such a function; weights(epoch, iteration in the epoch, iterations per epoch) -> {term: float}.
-    `eval_modules` are put in eval mode, then `train_modules` in train mode (so a train module nested in an
-    eval one, like RepDistiller's init-stage feature modules, trains). Under torchrun the returned averages
-    are over all ranks' samples (sums and counts reduced).
+    Each batch is moved to `device` once; each active trainee steps on it (trainee.step(batch, teachers, i));
+    `teachers` holds the frozen teacher's outputs, computed once per distinct need. A trainee that fails (a
+    non-finite loss) stops stepping; the others go on.
     """
-    for module in eval_modules:
-        module.eval()
-    for module in train_modules:
-        module.train()
-    device = opt.device
-    meters = defaultdict(AverageMeter)
-    print_freq = max(int(getattr(opt, "print_freq", 100)), 1)
-    n_iter = len(loader)
-    bar = tqdm(loader, desc=f"{desc} {epoch}", leave=False, disable=getattr(opt, "no_progress", None))
-    for i, items in enumerate(bar):
+    active = [t for t in trainees if t.active(epoch)]
+    iters = len(loader)
+    if iters == 0:
+        raise ValueError("the training loader is empty (dataset smaller than one batch?)")
+    for trainee in active:
+        trainee.begin_epoch(epoch, loader)
+    start = time.time()
+    for i, items in enumerate(tqdm(loader, desc=f"{desc} {epoch}", leave=False, disable=no_progress)):
         batch = Batch.from_loader(items, device)
-        batch.epoch = epoch
-        n = batch.targets.shape[0]
-        optimizer.zero_grad(set_to_none=True)  # before the step: no stale grads alive across CUDA-graph steps
-        loss, logits, terms = run_step(compute, batch, weights(epoch, i, n_iter))
-        loss.backward()
-        optimizer.step()
-
-        meters["loss"].update(loss, n)
-        for name, value in terms.items():
-            meters[f"loss_{name}"].update(value, n)
-        if logits is not None:
-            acc1, acc5 = accuracy(logits.detach(), batch.targets, topk=(1, 5))
-            meters["acc1"].update(acc1, n)
-            meters["acc5"].update(acc5, n)
-        if (i + 1) % print_freq == 0 or i + 1 == n_iter:
-            _check_finite(meters["loss"].sum, meters, epoch, i + 1)
-            bar.set_postfix(loss=f"{meters['loss'].avg:.4f}",
-                            acc1=f"{meters['acc1'].avg:.2f}" if "acc1" in meters else "-")
-    if n_iter == 0:
-        raise ValueError("the training loader is empty (dataset smaller than one batch with drop_last?)")
-    return distributed.reduce_meters(meters, device)
-
-
-def train_vanilla(epoch, train_loader, model, criterion, optimizer, opt):
-    """RepDistiller's train_vanilla: one epoch of cross-entropy training; returns (top1, loss)."""
-    def compute(batch):
-        logits = model(batch.images)
-        return logits, {"cls": criterion(logits, batch.targets)}
-
-    stats = train_epoch(epoch, train_loader, compute, optimizer, lambda *step: {"cls": 1.0}, opt, [model])
-    return stats["acc1"], stats["loss"]
+        teachers = TeacherOutputs(teacher, batch, [t.needs for t in active]) if teacher is not None else None
+        for trainee in active:
+            trainee.step(batch, teachers, i)
+        active = [t for t in active if not t.failed]
+        if not active:
+            break
+    return time.time() - start
 
 
 @torch.no_grad()
@@ -156,3 +159,4 @@ def validate(val_loader, model, criterion, opt):
 def cross_entropy(logits, targets):
     """Classification term, computed in float32 whatever the autocast dtype."""
     return F.cross_entropy(logits.float(), targets)
+

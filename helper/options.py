@@ -1,12 +1,17 @@
 """Flags shared by train_teacher.py and train_student.py (RepDistiller's names and defaults)."""
-import os
+import argparse
+import logging
+import math
+import re
 import sys
+import zlib
 
 from helper import distributed
 from helper.errors import NonFiniteLossError, UserError
 from helper.logger import setup_console_logging
 from helper.util import parse_decay_epochs, resolve_device
 
+log = logging.getLogger("kd")
 SLOW_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")  # RepDistiller trains these with lr 0.01
 
 
@@ -30,11 +35,22 @@ def add_training_args(parser):
     p.add_argument("--dataset", type=str, default="cifar100", help="cifar100 | fashion_mnist | imagenet (cifar100)")
     p.add_argument("--data_root", type=str, default="./data", help="folder holding the datasets (./data)")
     p.add_argument("--subset", type=int, default=0,
-                   help="train on the first N training samples only, for smoke tests (0 = all)")
-    p.add_argument("--gpu_loader", action="store_true",
-                   help="keep CIFAR-style data on the device and augment there (cifar100, fashion_mnist)")
-    p.add_argument("-t", "--trial", type=str, default="0", help="trial id, part of the run folder name (0)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; epoch e is seeded with seed + e (0)")
+                   help="train on N class-balanced training samples only, for smoke tests; the test set stays whole "
+                        "unless --test_subset (0 = all)")
+    p.add_argument("--test_subset", type=int, default=0,
+                   help="evaluate on N class-balanced test samples only (0 = the whole test set)")
+    p.add_argument("--loader", type=str, default="auto", choices=["auto", "device", "torch"],
+                   help="device: the dataset lives on the training device and is augmented there (cifar100, "
+                        "fashion_mnist; the default with auto); torch: torch's DataLoader with worker processes "
+                        "(imagenet's default with auto)")
+    p.add_argument("--gpu_loader", action="store_true", help="the old spelling of --loader device")
+    p.add_argument("-t", "--trial", type=str, default="0",
+                   help="trial id, part of the run folder name; without --seed it also seeds the run (0)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="random seed (initial weights, data order, augmentation, negatives); epoch e of the data is "
+                        "seeded with seed + e (default: the --trial number)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier run's files in this run's folder and start over (else refused)")
     p.add_argument("--device", type=str, default="auto", help="cpu, cuda, cuda:N or auto (auto)")
     p.add_argument("--resume", type=str, nargs="?", const="last", default=None,
                    help="resume from a checkpoint path, or from this run's last checkpoint if no path is given")
@@ -44,28 +60,71 @@ def add_training_args(parser):
     return p
 
 
+def explicit_dests(parser, argv):
+    """The option names (dests) given explicitly in argv, whatever their values."""
+    probe = argparse.ArgumentParser(add_help=False)
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            kwargs = {"dest": action.dest, "default": argparse.SUPPRESS}
+            if action.nargs == 0:
+                kwargs["action"] = "store_const"
+                kwargs["const"] = action.const if action.const is not None else True
+            else:
+                kwargs["nargs"] = action.nargs
+            probe.add_argument(*action.option_strings, **kwargs)
+    found, _ = probe.parse_known_args(list(argv or []))
+    return set(vars(found))
+
+
+def seed_of_trial(trial):
+    """The seed a trial implies when --seed is not given: the trial's number, or a stable hash of its name."""
+    return int(trial) if trial.isdigit() else zlib.crc32(trial.encode())
+
+
+def check_finite(opt, name, low=None, strict=False):
+    value = getattr(opt, name)
+    if value is None:
+        return
+    bad = not math.isfinite(value) or (low is not None and (value <= low if strict else value < low))
+    if bad:
+        bound = "" if low is None else f" {'>' if strict else '>='} {low:g}"
+        raise UserError(f"--{name} must be a finite number{bound}, got {value}")
+
+
 def finish_training_args(opt):
-    """Validate and derive fields shared by both scripts (device, decay epochs)."""
+    """Validate and derive fields shared by both scripts (device, decay epochs, seed)."""
     opt.lr_decay_epochs = parse_decay_epochs(opt.lr_decay_epochs)
-    for name in ("batch_size", "epochs"):
+    for name in ("batch_size", "epochs", "save_freq", "print_freq"):
         if getattr(opt, name) <= 0:
             raise UserError(f"--{name} must be positive, got {getattr(opt, name)}")
     if opt.num_workers < 0:
         raise UserError(f"--num_workers must be >= 0, got {opt.num_workers}")
+    check_finite(opt, "learning_rate", 0, strict=True)
+    for name in ("momentum", "weight_decay", "lr_decay_rate"):
+        check_finite(opt, name, 0)
+    for name in ("subset", "test_subset"):
+        if getattr(opt, name) < 0:
+            raise UserError(f"--{name} must be >= 0 (0 keeps every sample), got {getattr(opt, name)}")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", str(opt.trial)) or str(opt.trial) in (".", ".."):
+        raise UserError(f"--trial {opt.trial!r} must be a plain name (letters, digits, '.', '_', '-'): it is part of "
+                        "the run folder's name")
+    if opt.seed is None:
+        opt.seed = seed_of_trial(str(opt.trial))
+    opt.distributed, opt.rank, opt.world_size = False, 0, 1  # helper.distributed.setup sets them under torchrun
     if opt.no_progress is None:
         opt.no_progress = not sys.stderr.isatty() or None
     opt.device = resolve_device(opt.device)
     return opt
 
 
-def apply_default_lr(opt, model_name, log):
+def apply_default_lr(opt, model_name, logger=log):
     """Fill an unset --learning_rate: 0.05, or 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 (RepDistiller), said when applied."""
     if opt.learning_rate is not None:
         return
     opt.learning_rate = 0.05
     if model_name in SLOW_LR_MODELS:
         opt.learning_rate = 0.01
-        log.info("learning rate set to 0.01 for %s (RepDistiller's setting for this network)", model_name)
+        logger.info("learning rate set to 0.01 for %s (RepDistiller's setting for this network)", model_name)
 
 
 def run_cli(main):
@@ -81,13 +140,9 @@ def run_cli(main):
         distributed.cleanup(wait=False)
         sys.exit(2)
     except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
+        if not getattr(e, "logged", False):
+            print(f"error: {e}", file=sys.stderr)
         distributed.cleanup(wait=False)
         sys.exit(1)
     distributed.cleanup()
 
-
-def run_folder(*parts):
-    path = os.path.join(*parts)
-    os.makedirs(path, exist_ok=True)
-    return path

@@ -1,18 +1,29 @@
-"""Epoch orchestration shared by train_teacher.py and train_student.py: lr, train, validate, log, save, resume."""
+"""Training runs: a `Trainee` is one network trained by the shared loop (a teacher, a student, or a student's init
+stage), with its own optimizer, weights, random streams, checkpoints and logs; `fit` runs several trainees over one
+data stream (a group of students sharing one teacher pass; a single run is a group of one)."""
+import contextlib
+import hashlib
 import json
 import logging
+import math
 import os
-from dataclasses import dataclass, field
+from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 
+from distiller_zoo.base import Batch, Needs, StepContext
 from helper import distributed
 from helper.distributed import is_main_process
-from helper.errors import UserError
-from helper.loops import train_epoch, validate
-from helper.util import copy_atomic, load_checkpoint, lr_at_epoch, plain_options, save_atomic, set_lr, set_seed
+from helper.errors import NonFiniteLossError, UserError
+from helper.logger import RunLog
+from helper.loops import run_step, train_epoch, validate
+from helper.run_folder import repair_after_kill, truncate_log
+from helper.util import (AverageMeter, accuracy, copy_atomic, load_checkpoint, lr_at_epoch, plain_options, save_atomic,
+                         set_lr, set_seed)
 
 log = logging.getLogger("kd")
+FP16_SKIP_LIMIT = 50  # consecutive steps with non-finite fp16 gradients before the run counts as diverged
 
 
 @dataclass
@@ -21,7 +32,7 @@ class RunState:
     start_epoch: int = 1
     best_acc: float = 0.0
     best_epoch: int = 0
-    extra: dict = field(default_factory=dict)
+    last_saved_epoch: int = 0
 
 
 def save_options(opt, folder):
@@ -31,50 +42,39 @@ def save_options(opt, folder):
             json.dump(plain_options(opt), f, indent=2, sort_keys=True)
 
 
-def build_checkpoint(opt, arch, num_classes, model, optimizer, epoch, accuracy, state, extra):
-    """A self-describing checkpoint: weights, architecture, options and training state, all plain types."""
-    ckpt = {
-        "model": unwrap(model).state_dict(),
-        "arch": arch,
-        "num_classes": num_classes,
-        "dataset": opt.dataset,
-        "epoch": epoch,
-        "accuracy": accuracy,
-        "best_acc": state.best_acc,
-        "best_epoch": state.best_epoch,
-        "optimizer": optimizer.state_dict(),
-        "opt": plain_options(opt),
-    }
-    ckpt.update(extra)
-    return ckpt
-
-
 def unwrap(model):
     """The module inside DistributedDataParallel / torch.compile wrappers."""
     model = getattr(model, "module", model)
     return getattr(model, "_orig_mod", model)
 
 
-def resume(path, arch, model, optimizer, opt, restore_extra=None):
-    """Load weights, optimizer and counters from `path`; returns the RunState to continue from.
+def derived_seed(seed, *tags):
+    """A 63-bit seed for the stream named by `tags` (e.g. epoch, "method", rank), independent of the others."""
+    text = ":".join(str(t) for t in (seed,) + tags)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
-    The run's global batch must be the checkpoint's (check_global_batch).
-    Under torchrun every rank calls this with the same file: it is read to the CPU, then copied into
-    each rank's own device (no rank allocates on another's GPU).
+
+def read_resume_checkpoint(path, arch, opt, script, check=None):
+    """Load and validate a checkpoint to resume from, before anything is written (one-line UserErrors).
+
+    It must hold `arch`, have been written by `script` (train_teacher / train_student), keep the global batch
+    (check_global_batch), and pass `check(ckpt)` (e.g. the same --distill and teacher).
     """
     ckpt = load_checkpoint(path)
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise UserError(f"--resume {path} is not a checkpoint of this repository (no 'model' entry)")
+    written_by = ckpt.get("script") or ("train_student" if "distiller" in ckpt else "train_teacher")
+    if written_by != script:
+        raise UserError(f"--resume {path} was written by {written_by}.py, not {script}.py; resume it with "
+                        f"{written_by}.py, or start this run without --resume")
     if ckpt.get("arch") != arch:
         raise UserError(f"--resume {path} holds a {ckpt.get('arch')!r} model but this run trains {arch!r}")
     if "optimizer" not in ckpt or "epoch" not in ckpt:
         raise UserError(f"--resume {path} has no optimizer state/epoch (is it a *_last.pth or ckpt_epoch_N.pth?)")
     check_global_batch(ckpt.get("opt", {}), opt, path)
-    unwrap(model).load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    if restore_extra is not None:
-        restore_extra(ckpt)
-    log.info("resumed from %s at epoch %d (best acc %.2f)", path, ckpt["epoch"], ckpt.get("best_acc", 0.0))
-    return RunState(start_epoch=ckpt["epoch"] + 1, best_acc=ckpt.get("best_acc", 0.0),
-                    best_epoch=ckpt.get("best_epoch", 0))
+    if check is not None:
+        check(ckpt)
+    return ckpt
 
 
 def check_global_batch(saved, opt, path):
@@ -98,10 +98,10 @@ def check_global_batch(saved, opt, path):
 
 
 def seed_epoch(seed, epoch, loader, sampler=None):
-    """Make epoch `epoch` a pure function of the seed, so a resumed run replays it exactly.
+    """Make the data stream of epoch `epoch` a pure function of the seed, so a resumed run replays it exactly.
 
-    Under torchrun each rank adds its own offset (0 on rank 0), so ranks draw different augmentations and
-    contrast negatives; the DistributedSampler keeps its shared seed, so the ranks' shares stay a partition.
+    Under torchrun each rank adds its own offset (0 on rank 0), so ranks draw different augmentations; the
+    DistributedSampler keeps its shared seed, so the ranks' shares stay a partition.
     """
     seed = seed + distributed.seed_offset()
     set_seed(seed)
@@ -113,49 +113,358 @@ def seed_epoch(seed, epoch, loader, sampler=None):
             owner.set_epoch(epoch)
 
 
-def fit(opt, *, arch, num_classes, model, optimizer, loaders, compute, weights, train_modules,
-        eval_modules, folder, logger, state, extra_state=lambda: {}, on_epoch_start=lambda epoch: None,
-        criterion=None, train_sampler=None):
-    """Run epochs state.start_epoch..opt.epochs; write <arch>_best/_last and ckpt_epoch_N checkpoints.
+class RngStreams:
+    """A trainee's own random streams, so that trainees sharing a process never draw from each other's or from the
+    data stream: the global generators (CPU, and the CUDA device's) as the trainee's modules see them (dropout),
+    swapped in around each of its steps, and `method`, a generator on the device for its method (CRD's negatives).
+    All are reseeded every epoch from (seed, stage, epoch, rank)."""
 
-    `compute` may be a DDP-wrapped helper.loops.LossStep (torchrun); `model` is the bare network, used for
-    validation and checkpoints. Under torchrun rank 0 writes every file; after each epoch the buffers of
-    `train_modules` are copied from rank 0 to all ranks, and `extra_state()` is called once per epoch on
-    every rank (so it may hold collectives).
+    def __init__(self, seed, device, stage="main"):
+        self.seed, self.stage = seed, stage
+        self.device = torch.device(device)
+        self.method = torch.Generator(device=self.device)
+        self.cpu_state = self.cuda_state = None
+
+    def reseed(self, epoch):
+        rank = distributed.get_rank()
+        self.cpu_state = torch.Generator().manual_seed(derived_seed(self.seed, self.stage, epoch, "model", rank)).get_state()
+        if self.device.type == "cuda":
+            with torch.random.fork_rng(devices=[self.device]):
+                torch.cuda.manual_seed(derived_seed(self.seed, self.stage, epoch, "model-cuda", rank))
+                self.cuda_state = torch.cuda.get_rng_state(self.device)
+        self.method.manual_seed(derived_seed(self.seed, self.stage, epoch, "method", rank))
+
+    @contextlib.contextmanager
+    def active(self):
+        saved_cpu = torch.get_rng_state()
+        torch.set_rng_state(self.cpu_state)
+        if self.cuda_state is not None:
+            saved_cuda = torch.cuda.get_rng_state(self.device)
+            torch.cuda.set_rng_state(self.cuda_state, self.device)
+        try:
+            yield
+        finally:
+            self.cpu_state = torch.get_rng_state()
+            torch.set_rng_state(saved_cpu)
+            if self.cuda_state is not None:
+                self.cuda_state = torch.cuda.get_rng_state(self.device)
+                torch.cuda.set_rng_state(saved_cuda, self.device)
+
+
+def count_samples(loader, batch_size):
+    """Training samples one process sees per epoch (its share under torchrun); a list of batches counts its own;
+    a loader that cannot tell counts full batches."""
+    if hasattr(loader, "num_samples"):
+        return loader.num_samples()
+    if isinstance(loader, (list, tuple)):
+        return sum(len(Batch.from_loader(items, "cpu")) for items in loader)
+    if getattr(loader, "sampler", None) is not None:
+        return len(loader.sampler)
+    return len(loader) * batch_size
+
+
+class Trainee:
+    """One network trained by the shared loop in the main stage: a teacher (train_teacher.py) or a student.
+
+    compute(batch, teachers, ctx) -> (logits, {term: loss}) is the per-batch computation (possibly a DDP-wrapped
+    helper.loops.LossStep); weights(epoch, iteration, iterations) -> {term: weight}. `model` is the bare network
+    (checkpoints), `eval_model` what validation runs (the model itself, or e.g. SimKD's student with the teacher's
+    classifier). `extra_state()` returns what the checkpoint holds besides the model and optimizer (method state,
+    plug-ins) and, under "scalars", numbers for the logs; it is called once per epoch on every rank.
     """
-    train_loader, val_loader = loaders
-    criterion = criterion or torch.nn.CrossEntropyLoss()
-    stats = {}
-    for epoch in range(state.start_epoch, opt.epochs + 1):
-        seed_epoch(opt.seed + epoch, epoch, train_loader, train_sampler)
-        lr = lr_at_epoch(epoch, opt)
-        set_lr(optimizer, lr)
-        on_epoch_start(epoch)
-        stats = train_epoch(epoch, train_loader, compute, optimizer, weights, opt, train_modules, eval_modules)
-        distributed.broadcast_buffers(*train_modules)
-        acc1, acc5, val_loss = validate(val_loader, model, criterion, opt)
-        is_best = acc1 > state.best_acc
+
+    def __init__(self, opt, *, arch, num_classes, model, optimizer, compute, weights, train_modules, folder, logger,
+                 val_loader, state=None, eval_modules=(), eval_model=None, needs=Needs(), plugins=(),
+                 extra_state=None, script="train_teacher", label="", protocol=None, scaler=None, record=False):
+        self.opt, self.arch, self.num_classes = opt, arch, num_classes
+        self.model, self.optimizer, self.compute, self.weights = model, optimizer, compute, weights
+        self.train_modules, self.eval_modules = list(train_modules), list(eval_modules)
+        self.eval_model = eval_model if eval_model is not None else model
+        self.folder, self.logger, self.val_loader = folder, logger, val_loader
+        self.state = state or RunState()
+        self.needs, self.plugins = needs, list(plugins)
+        self.extra_state = extra_state or (lambda: {})
+        self.script, self.label, self.protocol, self.scaler = script, label, protocol or {}, scaler
+        self.epochs = opt.epochs
+        self.log = RunLog(label)
+        self.rng = RngStreams(opt.seed, opt.device, stage="main")
+        self.failed = None
+        self.epoch_seconds = []
+        self.last_record = {}
+        self.fp16_skips = 0
+        self.history = [] if record else None  # per-step losses, kept when asked (tests, benchmarks)
+
+    # ---- the epoch ------------------------------------------------------------------------------------------------
+    def active(self, epoch):
+        return self.failed is None and self.state.start_epoch <= epoch <= self.epochs
+
+    def begin_epoch(self, epoch, loader):
+        for module in self.eval_modules:
+            module.eval()
+        for module in self.train_modules:
+            module.train()
+        self.epoch = epoch
+        self.lr = lr_at_epoch(epoch, self.opt)
+        set_lr(self.optimizer, self.lr)
+        for plugin in self.plugins:
+            plugin.start_epoch(epoch)
+        self.rng.reseed(epoch)
+        self.skip_partial = self.needs.full_batches
+        if self.skip_partial:
+            self.iters = count_samples(loader, self.opt.batch_size) // self.opt.batch_size
+        else:
+            self.iters = len(loader)
+        self.loader_iters = len(loader)
+        self.meters = defaultdict(AverageMeter)
+        self.seen = 0
+        self.epoch_skips = 0
+
+    def step(self, batch, teachers, iteration):
+        """Train on one batch (skipped when partial and the method needs full batches)."""
+        n = len(batch)
+        if self.skip_partial and n < self.opt.batch_size:
+            return
+        try:
+            ctx = StepContext(epoch=self.epoch, iteration=iteration, iters_per_epoch=self.iters,
+                              generator=self.rng.method)
+            with self.rng.active():
+                self.optimizer.zero_grad(set_to_none=True)  # before the step: no stale grads across CUDA-graph steps
+                task, distill, logits, terms = run_step(self.compute, batch, self.weights(self.epoch, iteration,
+                                                                                          self.iters), teachers, ctx)
+                loss = task if distill is None else distill if task is None else task + distill
+                self._backward_and_step(task, distill, loss)
+            self._record(loss, logits, terms, batch, n)
+            if (iteration + 1) % max(int(self.opt.print_freq), 1) == 0 or iteration + 1 == self.loader_iters:
+                self._check_finite(iteration + 1)
+                self._progress(iteration + 1)
+        except NonFiniteLossError as e:
+            self.fail(str(e))
+
+    def _backward_and_step(self, task, distill, loss):
+        for plugin in self.plugins:
+            if plugin.backward_and_step(task, distill, self.optimizer):
+                return
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+            return
+        scale = self.scaler.get_scale()
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.scaler.get_scale() < scale:  # the scaler found inf/NaN gradients and skipped this step
+            self.fp16_skips += 1
+            self.epoch_skips += 1
+            if self.fp16_skips >= FP16_SKIP_LIMIT:
+                raise NonFiniteLossError(self._stopped(f"gradients were non-finite for {self.fp16_skips} steps in a "
+                                                       f"row under --amp fp16 (epoch {self.epoch})"))
+        else:
+            self.fp16_skips = 0
+
+    def _record(self, loss, logits, terms, batch, n):
+        self.seen += n
+        if self.history is not None:
+            self.history.append(loss.detach())
+        self.meters["loss"].update(loss.detach(), n)
+        for name, value in terms.items():
+            self.meters[f"loss_{name}"].update(value, n)
+        if logits is not None:
+            acc1, acc5 = accuracy(logits.detach(), batch.targets, topk=(1, 5))
+            self.meters["acc1"].update(acc1, n)
+            self.meters["acc5"].update(acc5, n)
+
+    def _check_finite(self, iteration):
+        if not distributed.all_finite(self.meters["loss"].sum):
+            terms = ", ".join(f"{k}={m.avg:.4g}" for k, m in self.meters.items() if k.startswith("loss_"))
+            raise NonFiniteLossError(self._stopped(f"loss became non-finite in epoch {self.epoch} by iteration "
+                                                   f"{iteration} ({terms})"))
+
+    def _progress(self, iteration):
+        terms = " ".join(f"{k[5:]} {m.avg:.4f}" for k, m in self.meters.items() if k.startswith("loss_"))
+        acc = f" acc {self.meters['acc1'].avg:.2f}" if "acc1" in self.meters else ""
+        self.log.info("epoch %d [%d/%d] loss %.4f (%s)%s", self.epoch, iteration, self.loader_iters,
+                      self.meters["loss"].avg, terms, acc)
+
+    def _stopped(self, reason):
+        """`reason` plus what is kept: the last good checkpoint, or that none was written yet."""
+        if self.state.last_saved_epoch:
+            kept = f"the last good checkpoint ({self.arch}_last.pth, epoch {self.state.last_saved_epoch}) is kept"
+        else:
+            kept = "no checkpoint was written yet"
+        who = f"{self.label}: " if self.label else ""
+        return f"{who}{reason}; stopping, {kept}"
+
+    def end_epoch(self, epoch, seconds):
+        """Validate, log, check for divergence, and write this epoch's checkpoints."""
+        try:
+            self._end_epoch(epoch, seconds)
+        except NonFiniteLossError as e:
+            self.fail(str(e))
+
+    def _end_epoch(self, epoch, seconds):
+        stats = distributed.reduce_meters(self.meters, self.opt.device)
+        if not math.isfinite(stats.get("loss", 0.0)):
+            raise NonFiniteLossError(self._stopped(f"the training loss of epoch {epoch} is not finite"))
+        distributed.broadcast_buffers(*self.train_modules)
+        acc1, acc5, val_loss = validate(self.val_loader, self.eval_model, torch.nn.CrossEntropyLoss(), self.opt)
+        if not math.isfinite(val_loss) or not weights_finite(self.model):
+            what = "test loss" if not math.isfinite(val_loss) else "weights"
+            raise NonFiniteLossError(self._stopped(f"the run diverged in epoch {epoch}: non-finite {what}"))
+        is_best = acc1 > self.state.best_acc
         if is_best:
-            state.best_acc, state.best_epoch = acc1, epoch
-        record = {"lr": lr, "train_acc": stats.get("acc1", 0.0), "train_loss": stats["loss"],
-                  "test_acc": acc1, "test_acc_top5": acc5, "test_loss": val_loss, "best_acc": state.best_acc}
+            self.state.best_acc, self.state.best_epoch = acc1, epoch
+        self.epoch_seconds.append(seconds)
+        throughput = self.seen * self.opt.world_size / max(seconds, 1e-9)
+        eta = sum(self.epoch_seconds) / len(self.epoch_seconds) * (self.epochs - epoch)
+        record = {"lr": self.lr, "train_acc": stats.get("acc1", 0.0), "train_loss": stats["loss"],
+                  "test_acc": acc1, "test_acc_top5": acc5, "test_loss": val_loss, "best_acc": self.state.best_acc,
+                  "epoch_time": seconds, "images_per_s": throughput, "eta_s": eta}
         record.update({f"train_{k}": v for k, v in stats.items() if k.startswith("loss_")})
-        extra = extra_state()
-        record.update(extra.get("scalars", {}))
-        logger.log(epoch, record)
-        log.info("epoch %d  lr %.4g  train loss %.4f acc %.2f  test acc %.2f (top-5 %.2f)  best %.2f",
-                 epoch, lr, stats["loss"], stats.get("acc1", 0.0), acc1, acc5, state.best_acc)
+        if self.scaler is not None:
+            record["fp16_skipped_steps"] = self.epoch_skips
+        extra = self.extra_state()
+        record.update(extra.pop("scalars", {}))
+        self.logger.log(epoch, record)  # before the checkpoint: a resume drops records past the checkpoint's epoch
+        self.log.info("epoch %d/%d  lr %.4g  train loss %.4f acc %.2f  test acc %.2f (top-5 %.2f)  best %.2f  "
+                      "| %.1f s, %.0f img/s, ETA %s", epoch, self.epochs, self.lr, stats["loss"],
+                      stats.get("acc1", 0.0), acc1, acc5, self.state.best_acc, seconds, throughput, format_eta(eta))
         if is_main_process():
-            extra = {k: v for k, v in extra.items() if k != "scalars"}
-            last = os.path.join(folder, f"{arch}_last.pth")
-            save_atomic(build_checkpoint(opt, arch, num_classes, model, optimizer, epoch, acc1, state, extra), last)
-            if is_best:
-                copy_atomic(last, os.path.join(folder, f"{arch}_best.pth"))
-            if epoch % opt.save_freq == 0:
-                copy_atomic(last, os.path.join(folder, f"ckpt_epoch_{epoch}.pth"))
-        stats = record
-    if is_main_process() and stats:
-        with open(os.path.join(folder, "results.json"), "w") as f:
-            json.dump({"best_acc": state.best_acc, "best_epoch": state.best_epoch,
-                       "last_acc": stats["test_acc"], "last_epoch": opt.epochs}, f, indent=2)
-    return stats
+            self._save(epoch, acc1, is_best, extra)
+        self.state.last_saved_epoch = epoch
+        self.last_record = record
+
+    def _save(self, epoch, accuracy_, is_best, extra):
+        """<arch>_last.pth atomically, then copies to _best and ckpt_epoch_N (repaired on resume if interrupted)."""
+        last = os.path.join(self.folder, f"{self.arch}_last.pth")
+        save_atomic(self.checkpoint(epoch, accuracy_, extra), last)
+        if is_best:
+            copy_atomic(last, os.path.join(self.folder, f"{self.arch}_best.pth"))
+        if epoch % self.opt.save_freq == 0:
+            copy_atomic(last, os.path.join(self.folder, f"ckpt_epoch_{epoch}.pth"))
+
+    def checkpoint(self, epoch, accuracy_, extra):
+        """A self-describing checkpoint: weights, architecture, options and training state, all plain types."""
+        ckpt = {"model": unwrap(self.model).state_dict(), "arch": self.arch, "num_classes": self.num_classes,
+                "dataset": self.opt.dataset, "epoch": epoch, "accuracy": accuracy_, "best_acc": self.state.best_acc,
+                "best_epoch": self.state.best_epoch, "optimizer": self.optimizer.state_dict(),
+                "opt": plain_options(self.opt), "script": self.script}
+        if self.scaler is not None:
+            ckpt["scaler"] = self.scaler.state_dict()
+        ckpt.update(extra)
+        return ckpt
+
+    # ---- resume, failure, results ---------------------------------------------------------------------------------
+    def resume_from(self, ckpt, restore_extra=None):
+        """Put back weights, optimizer, scaler and counters from a validated checkpoint; repair the folder."""
+        unwrap(self.model).load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scaler is not None and "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        if restore_extra is not None:
+            restore_extra(ckpt)
+        self.state = RunState(start_epoch=ckpt["epoch"] + 1, best_acc=ckpt.get("best_acc", 0.0),
+                              best_epoch=ckpt.get("best_epoch", 0), last_saved_epoch=ckpt["epoch"])
+        if is_main_process():
+            repair_after_kill(self.folder, self.arch, ckpt, self.opt.save_freq)
+            truncate_log(self.folder, ckpt["epoch"])
+        self.log.info("resumed at epoch %d (best acc %.2f at epoch %d)", ckpt["epoch"], self.state.best_acc,
+                      self.state.best_epoch)
+
+    def fail(self, message):
+        """Stop this trainee only: one line, the error in results.json; the last good checkpoint stays."""
+        self.failed = message
+        self.log.error("error: %s", message)
+        self.write_results()
+
+    def write_results(self):
+        if not is_main_process():
+            return
+        results = {"status": "failed" if self.failed else "finished", "best_acc": self.state.best_acc,
+                   "best_epoch": self.state.best_epoch, "last_acc": self.last_record.get("test_acc"),
+                   "last_epoch": self.state.last_saved_epoch, "epochs": self.epochs}
+        if self.failed:
+            results["error"] = self.failed
+        results["protocol"] = self.protocol
+        tmp = os.path.join(self.folder, ".tmp-results.json")
+        with open(tmp, "w") as f:
+            json.dump(results, f, indent=2)
+        os.replace(tmp, os.path.join(self.folder, "results.json"))
+
+    def finish(self):
+        """After the last epoch: results.json (a failed trainee wrote its own when it stopped)."""
+        if self.failed is None and self.last_record:
+            self.write_results()
+        self.logger.close()
+
+
+class InitTrainee(Trainee):
+    """A student's init stage (AB, FT, FSP): its init modules trained for --init_epochs through the same loop;
+    no validation or per-epoch checkpoint; <model_s>_init.pth is written at the end."""
+
+    def __init__(self, opt, *, distiller, student, label="", **kwargs):
+        super().__init__(opt, label=label, **kwargs)
+        self.distiller, self.student = distiller, student
+        self.epochs = opt.init_epochs
+        self.rng = RngStreams(opt.seed, opt.device, stage="init")
+
+    def _end_epoch(self, epoch, seconds):
+        stats = distributed.reduce_meters(self.meters, self.opt.device)
+        if not math.isfinite(stats.get("loss", 0.0)):
+            raise NonFiniteLossError(self._stopped(f"the init-stage loss of epoch {epoch} is not finite"))
+        distributed.broadcast_buffers(self.student, self.distiller)
+        self.logger.log(epoch, {"init_loss": stats["loss"], "epoch_time": seconds}, kind="init")
+        self.log.info("init epoch %d/%d  loss %.4f  | %.1f s", epoch, self.epochs, stats["loss"], seconds)
+        self.last_record = {"init_loss": stats["loss"]}
+
+    def _stopped(self, reason):
+        who = f"{self.label}: " if self.label else ""
+        return f"{who}{reason}; stopping (init stage, no checkpoint written)"
+
+    def finish(self):
+        if self.failed is not None or not self.last_record:
+            return
+        self.distiller.on_init_end()
+        if is_main_process():
+            save_atomic({"model": unwrap(self.student).state_dict(), "distiller": self.distiller.state_dict(),
+                         "arch": self.arch, "script": self.script},
+                        os.path.join(self.folder, f"{self.arch}_init.pth"))
+
+    def write_results(self):
+        """An init stage that fails makes its student fail (the caller copies `failed`)."""
+
+
+def weights_finite(model):
+    """True when every floating parameter and buffer of `model` is finite (one host sync)."""
+    tensors = [t for t in list(unwrap(model).parameters()) + list(unwrap(model).buffers()) if t.is_floating_point()]
+    if not tensors:
+        return True
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all().item())
+
+
+def format_eta(seconds):
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
+
+
+def fit(trainees, loader, *, device, seed, teacher=None, sampler=None, no_progress=None, stage="main"):
+    """Run the epochs of every trainee over one data stream: epoch e of every trainee sees the same batches.
+
+    The data stream of main-stage epoch e is seeded with seed + e (init stage: seed - e), as a single run's.
+    A trainee runs from its state.start_epoch to its own last epoch; one that fails stops alone.
+    """
+    first = min(t.state.start_epoch for t in trainees)
+    last = max(t.epochs for t in trainees)
+    for epoch in range(first, last + 1):
+        active = [t for t in trainees if t.active(epoch)]
+        if not active:
+            continue
+        seed_epoch(seed + epoch if stage == "main" else seed - epoch, epoch, loader, sampler)
+        seconds = train_epoch(epoch, loader, active, device, teacher=teacher, desc=stage, no_progress=no_progress)
+        for trainee in active:
+            if trainee.failed is None:
+                trainee.end_epoch(epoch, seconds)
+    for trainee in trainees:
+        trainee.finish()
+    return trainees
+

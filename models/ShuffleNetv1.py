@@ -85,6 +85,12 @@ class ShuffleNet(nn.Module):
         """Unsupported, as in RepDistiller: ShuffleNet cannot be the teacher of the Overhaul ('abound') loss."""
         raise UserError("ShuffleV1 is not supported as teacher for --distill abound; pick another teacher")
 
+    def get_stage_channels(self):
+        """Channels of the stem and of each stage output, the widths of feats[:-1] (mdistiller has none)."""
+        def width(unit):
+            return unit.conv3.out_channels + (unit.conv1.in_channels if unit.stride == 2 else 0)
+        return [self.bn1.num_features] + [width(stage[-1]) for stage in (self.layer1, self.layer2, self.layer3)]
+
     def forward(self, x, is_feat=False, preact=False):
         """Logits [B, num_classes]; with `is_feat`, also [stem, stage1..3, pooled] (pre-ReLU stages if `preact`)."""
         out = F.relu(self.bn1(self.conv1(x)))

@@ -137,6 +137,11 @@ class ShuffleNetV2(nn.Module):
         """Unsupported, as in RepDistiller: ShuffleNetV2 cannot be the teacher of the Overhaul ('abound') loss."""
         raise UserError("ShuffleV2 is not supported as teacher for --distill abound; pick another teacher")
 
+    def get_stage_channels(self):
+        """Channels of the stem and of each stage output, the widths of feats[:-1] (mdistiller's list)."""
+        return [self.bn1.num_features] + [2 * stage[-1].conv3.out_channels
+                                          for stage in (self.layer1, self.layer2, self.layer3)]
+
     def forward(self, x, is_feat=False, preact=False):
         """Logits [B, num_classes]; with `is_feat`, also [stem, stage1..3, pooled] (pre-ReLU stages if `preact`)."""
         out = F.relu(self.bn1(self.conv1(x)))

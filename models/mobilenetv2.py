@@ -92,6 +92,10 @@ class MobileNetV2(nn.Module):
         """Final (linear-bottleneck) BN of each feature-producing block group."""
         return [self.blocks[i][-1].conv[-1] for i in FEATURE_BLOCKS]
 
+    def get_stage_channels(self):
+        """Channels of the stem and of block groups 1/2/4/6, the widths of feats[:-1] (mdistiller's list)."""
+        return [self.conv1[0].out_channels] + [self.blocks[i][-1].conv[-1].num_features for i in FEATURE_BLOCKS]
+
     def get_feat_modules(self):
         """Stem and block groups in forward order."""
         return nn.ModuleList([self.conv1, self.blocks])

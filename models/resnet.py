@@ -147,6 +147,11 @@ class ResNet(nn.Module):
         """Last BN of each stage, whose output feeds the stage's final ReLU."""
         return [stage[-1].final_bn for stage in (self.layer1, self.layer2, self.layer3)]
 
+    def get_stage_channels(self):
+        """Channels of the stem and of each stage output: the widths of feats[:-1] (mdistiller's list)."""
+        return [self.conv1.out_channels] + [stage[-1].final_bn.num_features
+                                            for stage in (self.layer1, self.layer2, self.layer3)]
+
     def forward(self, x, is_feat=False, preact=False):
         """Logits [B, num_classes]; with `is_feat`, also [stem, stage1..3, pooled] (pre-ReLU stages if `preact`)."""
         out = self.relu(self.bn1(self.conv1(x)))

@@ -127,6 +127,10 @@ class ResNet(nn.Module):
         """Last BN of each stage, whose output feeds the stage's final ReLU."""
         return [stage[-1].final_bn for stage in self.stages()]
 
+    def get_stage_channels(self):
+        """Channels of the stem and of each stage output: the widths of feats[:-1] (mdistiller omits the stem here)."""
+        return [self.conv1.out_channels] + [stage[-1].final_bn.num_features for stage in self.stages()]
+
     def forward(self, x, is_feat=False, preact=False):
         """Logits [B, num_classes]; with `is_feat`, also [stem, stage1..4, pooled] (pre-ReLU stages if `preact`)."""
         out = F.relu(self.bn1(self.conv1(x)))

@@ -317,3 +317,59 @@ class SelfA(nn.Module):
             proj_value_stu.append([getattr(self, f"regressor{i}{j}")(s) for j, (s, _) in enumerate(pairs)])
             value_tea.append([t for _, t in pairs])
         return proj_value_stu, value_tea, self.attention(feat_s, feat_t)
+
+
+def _conv1x1(in_channels, out_channels):
+    return nn.Conv2d(in_channels, out_channels, kernel_size=1, padding=0, stride=1, bias=False)
+
+
+class SRRL(nn.Module):
+    """Knowledge Distillation via Softmax Regression Representation Learning (Yang et al., ICLR 2021).
+
+    CTKD's / SimKD's port: `transfer` (1x1 conv, BN, ReLU) maps the student's pooled feature [B, s_n] to the
+    teacher's width t_n, and the teacher's classifier `cls_t` reads it. State_dict keys are theirs (transfer.0/1).
+    """
+
+    def __init__(self, *, s_n, t_n):
+        super().__init__()
+        self.transfer = nn.Sequential(_conv1x1(s_n, t_n), nn.BatchNorm2d(t_n), nn.ReLU(inplace=True))
+
+    def forward(self, feat_s, cls_t):
+        """feat_s [B, s_n] -> (trans_feat_s [B, t_n], pred_feat_s = cls_t(trans_feat_s) [B, num_classes])."""
+        trans_feat_s = self.transfer(feat_s[:, :, None, None]).flatten(1)
+        return trans_feat_s, cls_t(trans_feat_s)
+
+
+class SimKD(nn.Module):
+    """Knowledge Distillation with the Reused Teacher Classifier (Chen et al., CVPR 2022): the student's last map
+    through a bottleneck projector (1x1, 3x3, 1x1 convs, each with BN and ReLU; middle width t_n // factor) onto the
+    teacher's width t_n, pooled and classified by the teacher's classifier. State_dict keys are the official ones
+    (transfer.0/1/3/4/6/7), as saved under the official checkpoints' 'proj'."""
+
+    def __init__(self, *, s_n, t_n, factor=2):
+        super().__init__()
+        mid = t_n // factor
+        if mid < 1:
+            raise UserError(f"SimKD's projector width {t_n} // factor {factor} is 0; use a smaller factor")
+        self.avg_pool = nn.AdaptiveAvgPool2d((1, 1))
+        self.transfer = nn.Sequential(
+            _conv1x1(s_n, mid), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+            nn.Conv2d(mid, mid, kernel_size=3, padding=1, stride=1, bias=False), nn.BatchNorm2d(mid),
+            nn.ReLU(inplace=True),
+            _conv1x1(mid, t_n), nn.BatchNorm2d(t_n), nn.ReLU(inplace=True))
+
+    def forward(self, feat_s, feat_t, cls_t):
+        """feat_s [B, s_n, H_s, H_s], feat_t [B, t_n, H_t, H_t] -> (trans_feat_s [B, t_n, h, h], trans_feat_t
+        [B, t_n, h, h], pred_feat_s [B, num_classes]); the larger map is average-pooled to h = min(H_s, H_t)."""
+        s_h, t_h = feat_s.shape[2], feat_t.shape[2]
+        trans_feat_t = feat_t if s_h > t_h else F.adaptive_avg_pool2d(feat_t, (s_h, s_h))
+        trans_feat_s, pred_feat_s = self.project(feat_s, t_h, cls_t)
+        return trans_feat_s, trans_feat_t, pred_feat_s
+
+    def project(self, feat_s, t_size, cls_t):
+        """The student's side alone, given the teacher map's height `t_size`: feat_s pooled to t_size if larger,
+        projected, then avg-pooled and classified by cls_t -> (trans_feat_s, pred_feat_s)."""
+        if feat_s.shape[2] > t_size:
+            feat_s = F.adaptive_avg_pool2d(feat_s, (t_size, t_size))
+        trans_feat_s = self.transfer(feat_s)
+        return trans_feat_s, cls_t(self.avg_pool(trans_feat_s).flatten(1))

@@ -60,6 +60,11 @@ class VGG(nn.Module):
         """Last layer (the BN in the _bn variants) of blocks 1-4."""
         return [self.block1[-1], self.block2[-1], self.block3[-1], self.block4[-1]]
 
+    def get_stage_channels(self):
+        """Channels of block0..block4, the widths of feats[:-1] (mdistiller's list)."""
+        blocks = (self.block0, self.block1, self.block2, self.block3, self.block4)
+        return [[m for m in block if isinstance(m, nn.Conv2d)][-1].out_channels for block in blocks]
+
     def forward(self, x, is_feat=False, preact=False):
         """Logits [B, num_classes]; with `is_feat`, also [block0..4, pooled] (blocks 1-4 pre-ReLU if `preact`)."""
         pools = [self.pool0, self.pool1, self.pool2, self.pool3 if x.shape[2] == 64 else None]

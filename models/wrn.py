@@ -88,6 +88,11 @@ class WideResNet(nn.Module):
         """The BN that first normalises each stage's output (next stage's entry BN, or the final BN)."""
         return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
 
+    def get_stage_channels(self):
+        """Channels of the stem and of each stage output: the widths of feats[:-1] (mdistiller's list)."""
+        return [self.conv1.out_channels] + [stage.layer[-1].conv2.out_channels
+                                            for stage in (self.block1, self.block2, self.block3)]
+
     def forward(self, x, is_feat=False, preact=False):
         """Logits [B, num_classes]; with `is_feat`, also [stem, stage1..3, pooled].
 

@@ -4,12 +4,13 @@
 
 Environment (all optional):
   KD_TEST_OUT        folder for rank<r>.pt (the final state_dict of the model, of every trained module and of
-                     the CTKD temperature on this rank) and writes_rank<r>.json (what this rank wrote under KD_TEST_WATCH)
+                     the CTKD temperature on this rank, for the first trainee and, under "runs", for every trainee
+                     of a group) and writes_rank<r>.json (what this rank wrote under KD_TEST_WATCH)
   KD_TEST_WATCH      folder whose file-system writes are recorded (Python audit events: open for writing,
                      rename/replace, mkdir, remove)
   KD_TEST_BN_EVAL=1  BatchNorm layers never enter train mode (they normalise with their running statistics),
                      so a sample's output does not depend on which other samples share its batch
-  KD_TEST_NO_AUGMENT=1  the training transform is the test transform (no random crop or flip)
+  KD_TEST_NO_AUGMENT=1  the training transform is the test transform (no random crop or flip), on both loaders
 """
 import json
 import os
@@ -60,32 +61,35 @@ def main():
         _BatchNorm.train = lambda self, mode=True: torch.nn.Module.train(self, False)
     if os.environ.get("KD_TEST_NO_AUGMENT") == "1":
         from dataset import cifar100
+        from dataset.gpu_loader import GpuResidentLoader
         cifar100.train_transform = cifar100.test_transform
+
+        def centre(self, index, generator):  # the device-resident loader's crop at offset (pad, pad), no flip
+            return self.images[index][:, :, self.pad:self.pad + self.height, self.pad:self.pad + self.width]
+        GpuResidentLoader._augmented = centre
 
     import train_student
     import train_teacher
+    from helper import run as run_module
     from helper.options import run_cli
     script = {"teacher": train_teacher, "student": train_student}[kind]
-    trained = {}
-    original_fit = script.fit
+    trained = []
+    original_finish = run_module.Trainee.finish
 
-    def fit(opt, **kwargs):
-        result = original_fit(opt, **kwargs)
-        trained["model"] = kwargs["model"]
-        trained["modules"] = kwargs["train_modules"]
-        trained["extra"] = kwargs.get("extra_state", dict)()  # called on every rank: it may hold collectives
-        return result
+    def finish(self):  # the main stage's trainees (InitTrainee has its own finish)
+        extra = self.extra_state()  # called on every rank: it may hold collectives
+        trained.append({"model": self.model.state_dict(), "modules": [m.state_dict() for m in self.train_modules],
+                        "temperature": extra.get("temperature"), "label": self.label})
+        original_finish(self)
 
-    script.fit = fit
+    run_module.Trainee.finish = finish
 
     def run():
         script.main(argv)
         recording[0] = False
         if out:
             rank = int(os.environ.get("RANK", "0"))
-            state = {"model": trained["model"].state_dict(),
-                     "modules": [m.state_dict() for m in trained["modules"]],
-                     "temperature": trained["extra"].get("temperature")}
+            state = dict(trained[0], runs=trained)
             torch.save(state, os.path.join(out, f"rank{rank}.pt"))
             with open(os.path.join(out, f"writes_rank{rank}.json"), "w") as f:
                 json.dump(writes, f)

@@ -1,13 +1,10 @@
 """README's "How to add a method": one Distiller subclass with one registration makes a working --distill."""
-import torch
 import torch.nn.functional as F
 from torch import nn
 
-import train_student
 from distiller_zoo.base import Distiller, Needs, distiller_registry, register_distiller
-from tests.test_methods_train_step import build, one_batch, snapshot, changed
-from helper.loops import train_epoch
-from distiller_zoo.KD import DistillKL
+from tests.student_utils import built, parse, shared_for, train
+from tests.test_methods_train_step import changed, one_batch, snapshot
 
 
 class PooledMSE(nn.Module):
@@ -35,21 +32,17 @@ def register_toy():
             self.criterion = PooledMSE()
             self.scale = opt.toy_scale
 
-        def loss(self, out_s, out_t, batch):
+        def loss(self, out_s, out_t, batch, ctx):
             return {"toy": self.criterion(self.proj(out_s.pooled), self.scale * out_t.pooled)}
 
 
 def test_a_registered_method_gets_its_flags_and_trains_through_the_shared_loop():
     register_toy()
-    opt = train_student.parse_option(["--path_t", "t.pth", "--distill", "toy_pooled_mse", "--toy_scale", "0.5",
-                                      "--device", "cpu"])
-    assert opt.toy_scale == 0.5 and opt.beta == 1.0  # unknown methods default to -r 1 -a 0 -b 1
-    opt, teacher, student, distiller = build("toy_pooled_mse", "resnet8x4", "vgg8")
-    before_s, before_d = snapshot(student), snapshot(distiller)
-    weights = train_student.TermWeights(opt, distiller.term_weights(opt))
-    compute = train_student.distill_step(student, teacher, distiller, DistillKL(opt.kd_T), weights)
-    optimizer = torch.optim.SGD([{"params": list(student.parameters())}] + distiller.param_groups(opt), lr=0.05)
-    stats = train_epoch(1, one_batch(distiller.needs), compute, optimizer, weights, opt, [student, distiller],
-                        [teacher])
+    opt = parse("--distill", "toy_pooled_mse", "--toy_scale", "0.5", "--model_s", "vgg8", "--batch_size", "8")
+    shared = shared_for("resnet8x4", 10, 64)
+    s = built(opt, shared)
+    assert opt.toy_scale == 0.5 and (opt.gamma, opt.alpha, opt.beta) == (1.0, 0.0, 1.0)  # no recipe: -r 1 -a 0 -b 1
+    before_s, before_d = snapshot(s.student), snapshot(s.distiller)
+    stats = train(s, shared, one_batch(s.distiller.needs))
     assert "loss_toy" in stats
-    assert changed(before_s, student) and changed(before_d, distiller)
+    assert changed(before_s, s.student) and changed(before_d, s.distiller)

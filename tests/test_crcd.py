@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import crd.memory as memory_module
 from crd.memory import ContrastMemory, sample_contrast_indices
 from crd.relation import RelationMemory
-from distiller_zoo.base import Batch, ModelOutput, ProbeShapes, get_distiller_class
+from distiller_zoo.base import Batch, ModelOutput, ProbeShapes, get_distiller_class, StepContext
 from distiller_zoo.CRCD import (CRCDDistiller, CRCDLoss, classifier_head, student_gradient_element,
                                 teacher_gradient_element)
 from distiller_zoo.KD import DistillKL
@@ -312,7 +312,7 @@ def test_adapter_without_gradients_gives_one_term():
     needs = CRCDDistiller.needs
     assert needs.feats and needs.index and needs.contrast_index
     distiller = CRCDDistiller(adapter_opt(), probe_of(student, teacher), student, teacher)
-    terms = distiller.loss(*adapter_batch(student, teacher))
+    terms = distiller.loss(*adapter_batch(student, teacher), StepContext())
     assert set(terms) == {"crcd"} and torch.isfinite(terms["crcd"])
     assert distiller.term_weights(adapter_opt()) == {}
     assert distiller.criterion.contrast.memory_v1.shape == (40, 16)
@@ -328,7 +328,7 @@ def test_gradient_term_trains_the_student_and_leaves_the_teacher_alone(grad_kd_t
     assert distiller.term_weights(opt) == {"crcd_grad": 2.0 * 0.8}
     assert not any(k.startswith("teacher") for k in distiller.state_dict())
     assert all(p.requires_grad for group in distiller.param_groups(opt) for p in group["params"])
-    terms = distiller.loss(*adapter_batch(student, teacher))
+    terms = distiller.loss(*adapter_batch(student, teacher), StepContext())
     assert set(terms) == {"crcd", "crcd_grad"} and torch.isfinite(terms["crcd_grad"])
     terms["crcd_grad"].backward()
     assert student.fc.weight.grad.abs().sum() > 0 and student.conv1.weight.grad.abs().sum() > 0
@@ -344,9 +344,9 @@ def test_product_combination_is_the_kl_times_the_gradient_loss():
     assert product.term_weights(product_opt) == {"crcd_grad": 0.9 * 2.0}
     out_s, out_t, batch = adapter_batch(student, teacher)
     kl = DistillKL(4)(out_s.logits, out_t.logits)
-    grad_loss = summed.gradient_loss(out_s, out_t, batch)
+    grad_loss = summed.gradient_loss(out_s, out_t, batch, batch.contrast_idx)
     assert 0 < grad_loss.item() <= 20
-    torch.testing.assert_close(product.gradient_loss(out_s, out_t, batch), kl * grad_loss)
+    torch.testing.assert_close(product.gradient_loss(out_s, out_t, batch, batch.contrast_idx), kl * grad_loss)
 
 
 def test_gradient_options_that_cannot_work_fail_at_construction():

@@ -10,7 +10,7 @@ import torch
 import crd.memory as memory_module
 from crd.criterion import CRDLoss
 from crd.memory import ContrastMemory, choose_score_path, sample_contrast_indices
-from distiller_zoo.base import Batch, ModelOutput, ProbeShapes, get_distiller_class
+from distiller_zoo.base import Batch, ModelOutput, ProbeShapes, get_distiller_class, StepContext
 from distiller_zoo.CRD import CRDDistiller
 from helper.errors import UserError
 
@@ -231,7 +231,7 @@ def test_distiller_adapter_gives_a_finite_term_with_grads_to_the_student():
     out_t = ModelOutput(logits=torch.zeros(4, 3), feats=[torch.zeros(4, 5, 4, 4), torch.randn(4, 12)])
     y = torch.tensor([1, 5, 9, 13])
     batch = Batch(torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long), y, sample_contrast_indices(y, 20, 6))
-    terms = distiller.loss(out_s, out_t, batch)
+    terms = distiller.loss(out_s, out_t, batch, StepContext())
     assert set(terms) == {"crd"} and torch.isfinite(terms["crd"])
     terms["crd"].backward()
     for grad in (f_s.grad, student_head.weight.grad, distiller.criterion.embed_s.linear.weight.grad,

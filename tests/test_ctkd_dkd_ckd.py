@@ -8,10 +8,10 @@ import os
 import pytest
 import torch
 
-from distiller_zoo.base import Batch, ModelOutput, ProbeShapes, get_distiller_class
+from distiller_zoo.base import Batch, ModelOutput, ProbeShapes, get_distiller_class, StepContext
 from distiller_zoo.CKD import CKDLoss
 from distiller_zoo.CTKD import (GradientReversal, GradientReversalFunction, Global_T, Instance_T, add_ctkd_args,
-                                build_temperature, curriculum_lambda, stats)
+                                build_temperature, curriculum_lambda, map_temperature, stats)
 from distiller_zoo.DKD import DKDloss, warmup_factor
 from distiller_zoo.KD import DistillKL
 from helper.errors import UserError
@@ -57,7 +57,8 @@ def test_loss_value_and_gradients_match_the_float64_reference(name):
 
 
 def build_module(case):
-    module = (Global_T if case["kind"] == "Global_T" else Instance_T)(**case["init"]).double()
+    init = {k: v for k, v in case["init"].items() if k not in ("t_start", "t_end")}
+    module = (Global_T if case["kind"] == "Global_T" else Instance_T)(**init).double()
     module.load_state_dict({k: decode(v) for k, v in case["params"].items()})
     return module
 
@@ -67,7 +68,7 @@ def test_temperature_and_its_reversed_gradient_match_the_reference(name):
     case = CASES[name]
     module = build_module(case)
     y_s, y_t = (decode(case["inputs"][k], grad=True) for k in ("y_s", "y_t"))
-    temp = module(y_t, y_s, case["lambda"])
+    temp = map_temperature(module(y_t, y_s, case["lambda"]), case["init"]["t_start"], case["init"]["t_end"])
     close(temp, decode(case["temperature"]))
     loss = DistillKL(4)(y_s, y_t, temp)
     close(loss.reshape(()), decode(case["value"]))
@@ -99,7 +100,8 @@ def test_public_signatures_keep_the_official_names():
                                      "temperature"]
     assert args(CKDLoss.__init__) == ["self", "T"] and inspect.signature(CKDLoss).parameters["T"].default == 1.0
     assert args(CKDLoss.forward) == ["self", "y_s", "y_t"]
-    assert args(Global_T.forward) == ["self", "logit_t", "logit_s", "lambda_"]
+    assert args(Global_T.forward) == ["self", "fake_input1", "fake_input2", "lambda_"]
+    assert args(Global_T.__init__) == ["self"]
     assert args(Instance_T.forward) == ["self", "logit_t", "logit_s", "lambda_"]
     assert args(GradientReversal.forward) == ["self", "x", "lambda_"]
     assert args(GradientReversalFunction.forward) == ["ctx", "x", "lambda_"]
@@ -108,8 +110,10 @@ def test_public_signatures_keep_the_official_names():
 def test_global_temperature_starts_where_ctkd_starts_and_instance_matches_it():
     glob = Global_T()
     assert list(glob.state_dict()) == ["global_T"]
+    raw = glob(torch.randn(3, 5), torch.randn(3, 5), 0.0)  # CTKD's interface: the raw parameter, mapped by the caller
+    torch.testing.assert_close(raw, torch.tensor([1.0]))
     start = 1 + 20 / (1 + math.exp(-1))
-    torch.testing.assert_close(glob(torch.randn(3, 5), torch.randn(3, 5), 0.0), torch.tensor([start]))
+    torch.testing.assert_close(map_temperature(raw, 1, 20), torch.tensor([start]))
     inst = Instance_T(5)
     assert list(inst.state_dict()) == ["mlp.0.weight", "mlp.0.bias", "mlp.2.weight", "mlp.2.bias"]
     assert inst.mlp[0].out_features == 256 and inst.mlp[2].bias.item() == 1.0
@@ -131,7 +135,7 @@ def test_build_temperature_follows_the_flags_and_rejects_unusable_ones():
     assert build_temperature(parse(), 10) is None
     assert isinstance(build_temperature(parse(["--have_mlp", "1"]), 10), Global_T)
     inst = build_temperature(parse(["--have_mlp", "1", "--mlp_name", "instance", "--t_start", "2"]), 10)
-    assert isinstance(inst, Instance_T) and inst.mlp[0].in_features == 20 and inst.t_start == 2
+    assert isinstance(inst, Instance_T) and inst.mlp[0].in_features == 20
     for bad in (["--decay_loops", "0"], ["--t_start", "0"], ["--t_end", "-1"]):
         with pytest.raises(UserError):
             build_temperature(parse(["--have_mlp", "1"] + bad), 10)
@@ -181,7 +185,8 @@ def temperature_grads(module, loss_fn, y_s, y_t, targets, lam, autocast):
     """Gradients of loss_fn w.r.t. the module's parameters, with the temperature built under `autocast`."""
     module.zero_grad()
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        temp = module(y_t, y_s, lam)
+        with torch.autocast("cpu", enabled=False):  # as the CTKD plug-in computes it
+            temp = map_temperature(module(y_t.float(), y_s.float(), lam), 1, 20)
         assert temp.dtype == torch.float32
         loss_fn(y_s, y_t, targets, temp).backward()
     return [p.grad.clone() for p in module.parameters()]
@@ -217,10 +222,11 @@ def test_temperature_ascends_the_distillation_loss_when_lambda_is_negative(make,
             for p, g in zip(stepped.parameters(), grads):
                 p -= 1e-3 * g
             s64, t64 = y_s.double(), y_t.double()
-            return loss_fn(s64, t64, targets, stepped(t64, s64, 0.0).double()).item()
+            return loss_fn(s64, t64, targets, map_temperature(stepped(t64.float(), s64.float(), 0.0), 1, 20).double()).item()
 
     with torch.no_grad():
-        before = loss_fn(y_s.double(), y_t.double(), targets, module(y_t, y_s, 0.0).double()).item()
+        before = loss_fn(y_s.double(), y_t.double(), targets,
+                         map_temperature(module(y_t.float(), y_s.float(), 0.0), 1, 20).double()).item()
     assert loss_after_step(-1.0) > before > loss_after_step(1.0)
 
 
@@ -231,7 +237,7 @@ def test_instance_temperature_sends_no_gradient_into_the_logits():
 
 
 def test_stats_report_mean_and_spread_without_gradients():
-    glob = stats(Global_T()(torch.randn(2, 3), torch.randn(2, 3), 0.0))
+    glob = stats(map_temperature(Global_T()(torch.randn(2, 3), torch.randn(2, 3), 0.0), 1, 20))
     assert glob["temp_std"].item() == 0.0 and glob["temp_mean"].item() == pytest.approx(1 + 20 / (1 + math.exp(-1)))
     temp = torch.tensor([[2.0], [4.0]], dtype=torch.float64, requires_grad=True)
     result = stats(temp)
@@ -308,11 +314,11 @@ def test_dkd_adapter_uses_its_temperature_or_ctkds_and_ramps_in_over_the_warmup(
     distiller = build("dkd", dkd_alpha=2.0, dkd_beta=3.0, dkd_T=5.0)
     assert not distiller.needs.feats and distiller.term_weights(make_opt()) == {}
     out_s, out_t, targets = outputs()
-    terms = distiller.loss(out_s, out_t, Batch(images=None, targets=targets))
+    terms = distiller.loss(out_s, out_t, Batch(images=None, targets=targets), StepContext())
     assert list(terms) == ["dkd"] and terms["dkd"].dim() == 0
     close(terms["dkd"], DKDloss()(out_s.logits, out_t.logits, targets, 2.0, 3.0, 5.0))
     temp = torch.full((4, 1), 7.0, requires_grad=True)
-    learned = distiller.loss(out_s, out_t, Batch(images=None, targets=targets, temperature=temp))["dkd"]
+    learned = distiller.loss(out_s, out_t, Batch(images=None, targets=targets), StepContext(temperature=temp))["dkd"]
     close(learned, DKDloss()(out_s.logits, out_t.logits, targets, 2.0, 3.0, 7.0))
     learned.backward()
     assert temp.grad.abs().sum() > 0 and out_s.logits.grad.abs().sum() > 0
@@ -326,7 +332,7 @@ def test_ckd_adapter_returns_the_contrastive_term_on_logits():
     distiller = build("ckd", ckd_T=0.3)
     assert not distiller.needs.feats and not list(distiller.parameters())
     out_s, out_t, targets = outputs()
-    terms = distiller.loss(out_s, out_t, Batch(images=None, targets=targets))
+    terms = distiller.loss(out_s, out_t, Batch(images=None, targets=targets), StepContext())
     assert list(terms) == ["ckd"]
     close(terms["ckd"], CKDLoss(0.3)(out_s.logits, out_t.logits))
 

@@ -23,9 +23,11 @@ def cifar_root(tmp_path_factory):
 
 
 def make_opt(**overrides):
-    opt = dict(dataset='cifar100', data_root='./data', batch_size=32, num_workers=0, subset=0, gpu_loader=False,
-               device='cpu', seed=0, nce_k=64, mode='exact', percent=1.0, distributed=False)
+    """Loader options; gpu_loader=True picks the device-resident loader, False torch's DataLoader."""
+    opt = dict(dataset='cifar100', data_root='./data', batch_size=32, num_workers=0, subset=0, test_subset=0,
+               gpu_loader=False, device='cpu', seed=0, distributed=False)
     opt.update(overrides)
+    opt['loader'] = 'device' if opt.pop('gpu_loader') else 'torch'
     return types.SimpleNamespace(**opt)
 
 
@@ -86,11 +88,20 @@ def test_train_batches_cover_every_position_once_with_matching_targets(cifar_roo
 
 
 @pytest.mark.parametrize('gpu_loader', [False, True])
-def test_drop_last_drops_the_short_training_batch_only(cifar_root, gpu_loader):
-    bundle = build_loaders(make_opt(data_root=cifar_root, gpu_loader=gpu_loader, batch_size=64), drop_last=True)
+def test_training_keeps_the_short_last_batch_for_the_methods_to_skip(cifar_root, gpu_loader):
+    bundle = build_loaders(make_opt(data_root=cifar_root, gpu_loader=gpu_loader, batch_size=64))
     sizes = [len(targets) for _, targets in bundle.train_loader]
-    assert sizes == [64] * (500 // 64) and len(bundle.train_loader) == len(sizes)
+    assert sizes == [64] * (500 // 64) + [500 % 64] and len(bundle.train_loader) == len(sizes)
     assert sum(len(targets) for _, targets in bundle.val_loader) == 100 * TEST_PER_CLASS
+    assert torch.equal(bundle.train_targets, torch.from_numpy(cifar100.load_cifar100(cifar_root, True)[1]))
+
+
+def test_the_default_loader_is_the_device_resident_one_for_cifar_and_torchs_for_imagenet():
+    from dataset import loader_kind
+    assert loader_kind(types.SimpleNamespace(loader='auto', dataset='cifar100')) == 'device'
+    assert loader_kind(types.SimpleNamespace(loader='auto', dataset='fashion_mnist')) == 'device'
+    assert loader_kind(types.SimpleNamespace(loader='auto', dataset='imagenet')) == 'torch'
+    assert loader_kind(types.SimpleNamespace(loader='torch', dataset='cifar100', gpu_loader=True)) == 'device'
 
 
 def test_val_batches_are_identical_on_both_paths_and_equal_the_test_transform(cifar_root):
@@ -106,8 +117,8 @@ def test_val_batches_are_identical_on_both_paths_and_equal_the_test_transform(ci
 
 
 def test_gpu_loader_epochs_are_reproducible_and_differ_between_epochs(cifar_root):
-    first = build_loaders(make_opt(data_root=cifar_root, gpu_loader=True, seed=3), with_contrast=True)
-    second = build_loaders(make_opt(data_root=cifar_root, gpu_loader=True, seed=3), with_contrast=True)
+    first = build_loaders(make_opt(data_root=cifar_root, gpu_loader=True, seed=3), with_index=True)
+    second = build_loaders(make_opt(data_root=cifar_root, gpu_loader=True, seed=3), with_index=True)
     first.train_sampler.set_epoch(5)
     second.train_sampler.set_epoch(5)
     batch_a, batch_b = next(iter(first.train_loader)), next(iter(second.train_loader))
@@ -116,11 +127,15 @@ def test_gpu_loader_epochs_are_reproducible_and_differ_between_epochs(cifar_root
     assert not torch.equal(batch_a[2], batch_next_epoch[2])
 
 
-def test_subset_keeps_class_balanced_first_samples_and_half_as_many_val(cifar_root):
+def test_subset_keeps_class_balanced_first_samples_and_the_whole_test_set(cifar_root):
     bundle = build_loaders(make_opt(data_root=cifar_root, subset=200, gpu_loader=True))
     assert bundle.n_data == 200
     assert torch.bincount(bundle.train_loader.labels).tolist() == [2] * 100
-    assert len(bundle.val_loader.labels) == 100
+    assert len(bundle.val_loader.labels) == 100 * TEST_PER_CLASS == bundle.n_val
+    small_test = build_loaders(make_opt(data_root=cifar_root, subset=200, test_subset=100, gpu_loader=True))
+    assert torch.bincount(small_test.val_loader.labels).tolist() == [1] * 100
+    with pytest.raises(UserError, match='--subset'):
+        build_loaders(make_opt(data_root=cifar_root, subset=-5))
     labels = np.array([0, 0, 0, 1, 2, 2, 1, 0])
     assert class_balanced_subset(labels, 4).tolist() == [0, 1, 3, 4]
 
@@ -269,14 +284,17 @@ def test_bad_mode_and_percent_are_user_errors():
 
 
 @pytest.mark.parametrize('gpu_loader', [False, True])
-def test_contrast_batches_from_the_builder_follow_the_exact_rules(cifar_root, gpu_loader):
-    bundle = build_loaders(make_opt(data_root=cifar_root, gpu_loader=gpu_loader, nce_k=32), with_contrast=True)
-    _, labels = cifar100.load_cifar100(cifar_root, train=True)
-    labels = torch.from_numpy(labels)
-    images, targets, index, contrast = next(iter(bundle.train_loader))
+def test_contrast_draws_on_the_builders_batches_follow_the_exact_rules(cifar_root, gpu_loader):
+    bundle = build_loaders(make_opt(data_root=cifar_root, gpu_loader=gpu_loader), with_index=True)
+    labels = bundle.train_targets
+    sampler = ContrastSampler(labels, 32)
+    images, targets, index = next(iter(bundle.train_loader))
+    contrast = sampler.sample(targets, index, torch.Generator().manual_seed(0))
     assert contrast.shape == (32, 33)
     assert torch.equal(contrast[:, 0], index)
     assert (labels[contrast[:, 1:]] != targets[:, None]).all()
+    again = sampler.sample(targets, index, torch.Generator().manual_seed(0))
+    assert torch.equal(contrast, again)  # the method's own generator alone decides the draw
 
 
 # ---------------------------------------------------------------- RepDistiller-compatible API
@@ -331,13 +349,12 @@ def make_image_folder(root, classes=3, per_class=2):
                 Image.fromarray(pixels).save(os.path.join(folder, f'img{i}.{"png" if i else "jpg"}'))
 
 
-def test_imagenet_folder_gives_224_crops_with_index_and_contrast(tmp_path):
+def test_imagenet_folder_gives_224_crops_with_index(tmp_path):
     make_image_folder(str(tmp_path))
-    bundle = build_loaders(make_opt(dataset='imagenet', data_root=str(tmp_path), batch_size=4, nce_k=3),
-                           with_contrast=True)
-    images, targets, index, contrast = next(iter(bundle.train_loader))
-    assert images.shape == (4, 3, 224, 224) and contrast.shape == (4, 4)
-    assert torch.equal(contrast[:, 0], index)
+    bundle = build_loaders(make_opt(dataset='imagenet', data_root=str(tmp_path), batch_size=4), with_index=True)
+    images, targets, index = next(iter(bundle.train_loader))
+    assert images.shape == (4, 3, 224, 224)
+    assert torch.equal(bundle.train_targets[index], targets)
     assert (bundle.n_data, bundle.num_classes, bundle.input_size) == (6, 3, 224)
     val_images, _ = next(iter(bundle.val_loader))
     assert val_images.shape == (4, 3, 224, 224)

@@ -13,17 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-import train_student
 from dataset.cifar100 import CIFAR100_MEAN, CIFAR100_STD
-from dataset.contrast import ContrastSampler
 from dataset.gpu_loader import GpuResidentLoader
-from distiller_zoo.base import Batch, distiller_registry
-from distiller_zoo.CTKD import build_temperature
-from distiller_zoo.KD import DistillKL
+from distiller_zoo.base import Batch, StepContext, distiller_registry
+from distiller_zoo.CRD import contrast_indices
 from helper import fast
-from helper.loops import train_epoch, weighted_sum
-from helper.util import AverageMeter, accuracy
+from helper.assembly import student_trainee
+from helper.loops import TeacherOutputs, train_epoch
 from models import build_model
+from tests.student_utils import built, parse, shared_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 N_DATA, BATCH, NCE_K, CLASSES = 96, 8, 16, 10
@@ -40,9 +38,8 @@ def one_thread():
 
 
 def make_opt(distill, *extra):
-    opt = train_student.parse_option(["--path_t", "unused.pth", "--distill", distill, "--model_s", STUDENT,
-                                      "--device", "cpu", "--nce_k", str(NCE_K), "--batch_size", str(BATCH),
-                                      "--num_workers", "0", "--gpu_loader", "--no_progress", *extra])
+    opt = parse("--distill", distill, "--model_s", STUDENT, "--nce_k", str(NCE_K), "--batch_size", str(BATCH),
+                "--loader", "device", "--learning_rate", "0.05", *extra)
     opt.amp, opt.channels_last, opt.compile, opt.cuda_graphs = "none", False, False, False
     return opt
 
@@ -52,9 +49,8 @@ def gpu_loader(needs, seed=0):
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (N_DATA, 32, 32, 3), dtype=np.uint8)
     labels = np.arange(N_DATA) % CLASSES
-    contrast = ContrastSampler(labels, NCE_K) if needs.contrast_index else None
     return GpuResidentLoader(images, labels, BATCH, CIFAR100_MEAN, CIFAR100_STD, "cpu", seed=seed,
-                             with_index=needs.index or needs.contrast_index, contrast=contrast)
+                             with_index=needs.index or needs.contrast_index)
 
 
 def gpu_batches(needs, n_batches, seed=0, loader=None):
@@ -67,29 +63,15 @@ def gpu_batches(needs, n_batches, seed=0, loader=None):
 
 
 class Run:
-    """A student, teacher, method, weights, optimizer and compute closure built as train_student.main builds them."""
+    """A student, its method, plug-ins, weights, optimizer and Trainee built as train_student.py builds them."""
 
-    def __init__(self, opt, temperature=False):
-        torch.manual_seed(0)
+    def __init__(self, opt):
         self.opt = opt
-        method = distiller_registry[opt.distill]
-        self.teacher = build_model(TEACHER, CLASSES).eval()
-        for p in self.teacher.parameters():
-            p.requires_grad_(False)
-        self.student = build_model(STUDENT, CLASSES)
-        probe = train_student.probe_shapes(self.student, self.teacher, method.needs, 32, N_DATA, CLASSES,
-                                           torch.device("cpu"))
-        self.distiller = method(opt, probe, self.student, self.teacher)
-        self.weights = train_student.TermWeights(opt, self.distiller.term_weights(opt),
-                                                 self.distiller.term_schedules(opt))
-        groups = [{"params": list(self.student.parameters())}] + self.distiller.param_groups(opt)
-        self.temp_module = self.plugin = None
-        if temperature:
-            self.temp_module = build_temperature(opt, CLASSES)
-            self.plugin = train_student.TemperaturePlugin(self.temp_module, opt)
-            self.plugin.start_epoch(1)
-            groups.append({"params": list(self.temp_module.parameters())})
-        self.optimizer = torch.optim.SGD(groups, lr=0.05, momentum=0.9, weight_decay=5e-4)
+        self.shared = shared_for(TEACHER, CLASSES, N_DATA)
+        self.teacher = self.shared.teacher
+        self.s = built(opt, self.shared, record=True)
+        self.student, self.distiller, self.optimizer = self.s.student, self.s.distiller, self.s.optimizer
+        self.temp_module = next((p.module for p in self.s.plugins if p.name == "ctkd"), None)
 
     def fast(self, **flags):
         """A deep copy of this run with the speed flags applied (helper.fast.prepare_models)."""
@@ -98,35 +80,31 @@ class Run:
             setattr(other.opt, name, value)
         fast.check_fast_args(other.opt)
         fast.prepare_models(other.opt, other.student, other.teacher, extra=[other.distiller])
+        other.s.trainee = student_trainee(other.s, other.shared)
+        other.s.trainee.history = []
         return other
 
-    def compute(self):
-        step = train_student.distill_step(self.student, self.teacher, self.distiller, DistillKL(self.opt.kd_T),
-                                          self.weights, self.plugin)
-        return fast.wrap_step(step, self.opt)
+    @property
+    def trainee(self):
+        return self.s.trainee
 
-    def train(self, batches):
+    def train(self, batches, epoch=1):
         """One epoch of the real loop over `batches`; returns the per-step losses (float) and the stats."""
-        losses = []
-        compute = self.compute()
-
-        def recording(batch):
-            logits, terms = compute(batch)
-            losses.append(weighted_sum(terms, self.weights(1, len(losses), len(batches))).detach())
-            return logits, terms
-        stats = train_epoch(1, [tuple(t.clone() for t in items) for items in batches], recording, self.optimizer,
-                            self.weights, self.opt, [self.student, self.distiller], [self.teacher])
-        return [float(loss) for loss in losses], stats
+        self.trainee.history = []
+        train_epoch(epoch, [tuple(t.clone() for t in items) for items in batches], [self.trainee], "cpu",
+                    teacher=self.teacher)
+        assert self.trainee.failed is None, self.trainee.failed
+        return [float(loss) for loss in self.trainee.history], self.trainee.meters
 
     def parameters(self):
         modules = [self.student, self.distiller] + ([self.temp_module] if self.temp_module is not None else [])
         return {f"{i}.{k}": v.detach().clone() for i, m in enumerate(modules) for k, v in m.state_dict().items()}
 
 
-def train_side_by_side(reference, other, n_batches):
+def train_side_by_side(reference, other, n_batches, epoch=1):
     """Per-step losses of both runs over the same `n_batches` batches of the device-resident loader."""
     batches = gpu_batches(reference.distiller.needs, n_batches)
-    return reference.train(batches)[0], other.train(batches)[0]
+    return reference.train(batches, epoch)[0], other.train(batches, epoch)[0]
 
 
 def trained_keys(start, after):
@@ -148,15 +126,11 @@ def test_fp32_step_with_gpu_loader_and_channels_last_equals_the_standard_step(di
     fast_run = standard.fast(channels_last=True)
     batches = gpu_batches(distiller_registry[distill].needs, 1)
     loss_std, stats_std = standard.train(batches)
+    fast_run.trainee.begin_epoch(1, batches + batches)  # two batches: the first step is no print point
     with fast.no_host_sync("cpu"):  # the fast step itself: no device-to-host read (asserted again in (3))
-        step = fast_run.compute()
         batch = Batch.from_loader(tuple(t.clone() for t in batches[0]), "cpu")
-        fast_run.student.train(), fast_run.distiller.train()
-        logits, terms = step(batch)
-        loss = weighted_sum(terms, fast_run.weights(1, 0, 1))
-        fast_run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        fast_run.optimizer.step()
+        fast_run.trainee.step(batch, TeacherOutputs(fast_run.teacher, batch, [fast_run.distiller.needs]), 0)
+    loss = fast_run.trainee.history[0]
     assert fast_run.student.conv1.weight.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(loss.detach(), torch.tensor(loss_std[0]), rtol=1e-5, atol=1e-6)
     after_std, after_fast = standard.parameters(), fast_run.parameters()
@@ -221,10 +195,11 @@ BF16_TEMP_RTOL = 0.1      # CTKD temperature parameter update, relative
 
 def test_bf16_autocast_tracks_fp32_over_five_kd_steps_and_ctkd_temperature_learns():
     ctkd = ["--have_mlp", "1", "--mlp_name", "global", "-r", "0.1", "-a", "0.9"]
-    fp32 = Run(make_opt("kd", *ctkd), temperature=True)
+    fp32 = Run(make_opt("kd", *ctkd))
     start = fp32.parameters()
     bf16 = fp32.fast(amp="bf16", channels_last=True)
-    loss_fp32, loss_bf16 = train_side_by_side(fp32, bf16, 5)
+    # epoch 10: the end of CTKD's curriculum (lambda -1), so the temperature gets its full (reversed) gradient
+    loss_fp32, loss_bf16 = train_side_by_side(fp32, bf16, 5, epoch=10)
     assert all(np.isfinite(loss_bf16))
     np.testing.assert_allclose(loss_bf16, loss_fp32, rtol=BF16_LOSS_RTOL)
     after_fp32, after_bf16 = fp32.parameters(), bf16.parameters()
@@ -244,7 +219,7 @@ def test_bf16_autocast_tracks_fp32_over_five_kd_steps_and_ctkd_temperature_learn
     torch.testing.assert_close(update_bf16["2.global_T"], update_fp32["2.global_T"], rtol=BF16_TEMP_RTOL, atol=0)
     assert bf16.temp_module.global_T.dtype == torch.float32
     assert bf16.student.bn1.running_mean.dtype == torch.float32
-    assert "temp_mean" in bf16.plugin.scalars()
+    assert "temp_mean" in next(p for p in bf16.s.plugins if p.name == "ctkd").scalars()
 
 
 def test_crcd_gradient_elements_train_under_bf16_and_track_fp32():
@@ -278,21 +253,13 @@ def test_bf16_outputs_are_float32_and_close():
 @pytest.mark.parametrize("distill", ["kd", "crd"])
 def test_training_step_has_no_host_sync(distill, flags):
     run = Run(make_opt(distill)).fast(**flags)
-    batches = gpu_batches(run.distiller.needs, 2)
-    compute = run.compute()
-    meters = {"loss": AverageMeter(), "acc1": AverageMeter()}
-    run.student.train(), run.distiller.train()
-    for items in batches:
+    batches = gpu_batches(run.distiller.needs, 3)
+    run.trainee.begin_epoch(1, batches)
+    for i, items in enumerate(batches[:2]):  # the third step would be the epoch's print point
         with fast.no_host_sync("cpu"):  # the loop body of helper.loops.train_epoch
             batch = Batch.from_loader(items, "cpu")
-            logits, terms = compute(batch)
-            loss = weighted_sum(terms, run.weights(1, 0, 2))
-            run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            run.optimizer.step()
-            meters["loss"].update(loss, BATCH)
-            meters["acc1"].update(accuracy(logits.detach(), batch.targets)[0], BATCH)
-    assert np.isfinite(meters["loss"].avg)
+            run.trainee.step(batch, TeacherOutputs(run.teacher, batch, [run.distiller.needs]), i)
+    assert run.trainee.failed is None and np.isfinite(run.trainee.meters["loss"].avg)
 
 
 def test_the_guard_catches_host_reads():
@@ -317,6 +284,9 @@ class RecordingLoader:
     def __len__(self):
         return len(self.batches)
 
+    def num_samples(self):
+        return sum(len(items[1]) for items in self.batches)
+
     def __iter__(self):
         last = None
         for items in self.batches:
@@ -335,17 +305,18 @@ def test_train_epoch_reads_the_device_only_at_print_points(distill):
     batches = gpu_batches(run.distiller.needs, 4)
     with fast.no_host_sync("cpu", action="record") as guard:
         loader = RecordingLoader(batches, guard)
-        train_epoch(1, loader, run.compute(), run.optimizer, run.weights, run.opt, [run.student, run.distiller],
-                    [run.teacher])
+        train_epoch(1, loader, [run.trainee], "cpu", teacher=run.teacher)
     assert loader.step_reads == [0, 0, 0], guard.events  # the 4th step ends at the epoch's print point
 
 
-def test_gpu_loader_draws_contrast_batches_without_host_reads():
-    needs = distiller_registry["crd"].needs
-    loader = gpu_loader(needs)  # building the tables may read the device once; drawing batches must not
+def test_contrast_draws_of_the_method_make_no_host_reads():
+    run = Run(make_opt("crd"))  # building the tables may read the device once; drawing negatives must not
+    batch = Batch.from_loader(gpu_batches(run.distiller.needs, 1)[0], "cpu")
+    ctx = StepContext(generator=torch.Generator().manual_seed(0))
     with fast.no_host_sync("cpu", action="record") as guard:
-        gpu_batches(needs, 2, loader=loader)
-    assert guard.events == []
+        for _ in range(2):
+            contrast = contrast_indices(run.distiller.sampler, batch, ctx)
+    assert guard.events == [] and contrast.shape == (BATCH, NCE_K + 1)
 
 
 def test_gpu_loader_draws_plain_batches_without_host_reads():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distiller_zoo.AT import Attention
-from distiller_zoo.base import ModelOutput, ProbeShapes, get_distiller_class
+from distiller_zoo.base import ModelOutput, ProbeShapes, get_distiller_class, StepContext
 from distiller_zoo.CC import Correlation
 from distiller_zoo.FitNet import HintLoss
 from distiller_zoo.KD import DistillKL
@@ -213,7 +213,7 @@ def test_adapter_loss_is_finite_and_trains_student_features_and_own_modules(name
     feat_s = fake_feats(4, *STUDENT, grad=True)
     out_s = ModelOutput(torch.randn(4, 10), feat_s)
     out_t = ModelOutput(torch.randn(4, 10), fake_feats(4, *teacher))
-    terms = distiller.loss(out_s, out_t, batch=None)
+    terms = distiller.loss(out_s, out_t, None, StepContext())
     assert list(terms) == [name] and terms[name].dim() == 0 and torch.isfinite(terms[name])
     terms[name].backward()
     for i, f in enumerate(feat_s):
@@ -235,7 +235,7 @@ def test_trainable_modules_are_those_repdistiller_optimises():
 def test_kd_adapter_adds_no_term_and_needs_no_features():
     distiller = build("kd")
     assert not distiller.needs.feats
-    assert distiller.loss(ModelOutput(torch.randn(2, 10)), ModelOutput(torch.randn(2, 10)), None) == {}
+    assert distiller.loss(ModelOutput(torch.randn(2, 10)), ModelOutput(torch.randn(2, 10)), None, StepContext()) == {}
 
 
 def test_hint_regresses_onto_the_teacher_layer_chosen_by_hint_layer():

@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from distiller_zoo.base import ModelOutput, ProbeShapes, get_distiller_class
+from distiller_zoo.base import ModelOutput, ProbeShapes, get_distiller_class, StepContext
 from distiller_zoo.SemCKD import SemCKDLoss
 from helper.errors import UserError
 from models import build_model
@@ -149,7 +149,7 @@ def test_adapter_loss_trains_the_stage_features_and_every_attention_parameter():
     distiller = build(probe, 8)
     feat_s = fake_feats(8, *student, grad=True)
     out_t = ModelOutput(torch.randn(8, 10), fake_feats(8, *teacher))
-    terms = distiller.loss(ModelOutput(torch.randn(8, 10), feat_s), out_t, batch=None)
+    terms = distiller.loss(ModelOutput(torch.randn(8, 10), feat_s), out_t, None, StepContext())
     assert list(terms) == ["semckd"] and terms["semckd"].dim() == 0 and torch.isfinite(terms["semckd"])
     terms["semckd"].backward()
     assert [f.grad is not None for f in feat_s] == [False, True, True, False]

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FMNIST = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="apt-get install dataset-fashion-mnist")
 COMMON = ["--dataset", "fashion_mnist", "--num_workers", "0", "--device", "cpu", "--lr_decay_epochs", "100",
-          "--seed", "3"]
+          "--seed", "3", "--test_subset", "500"]
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +99,20 @@ def script_commands(name):
         if line.startswith("python train_student.py"):
             for var, value in variables.items():
                 line = re.sub(rf"\${var}\b", value, line)
-            commands.append([a for a in shlex.split(line)[2:] if a != "$@"])
+            args = [a for a in shlex.split(line)[2:] if a != "$@"]
+            commands.append([os.path.join(ROOT, a) if a.startswith("scripts/plans/") else a for a in args])
     return commands
 
 
-@pytest.mark.parametrize("args", script_commands("run_cifar_distill.sh"), ids=lambda a: "-".join([a[a.index("--distill") + 1], a[a.index("--model_s") + 1]]
-                                         + (["ctkd"] if "--have_mlp" in a else [])))
+def command_id(args):
+    if "--plan" in args:
+        return "group-" + os.path.basename(args[args.index("--plan") + 1])[:-4]
+    return "-".join([args[args.index("--distill") + 1], args[args.index("--model_s") + 1]]
+                    + (["ctkd"] if "--have_mlp" in args else []) + (["grad"] if "--with_grad" in args else [])
+                    + (["kd"] if "-a" in args and args[args.index("-a") + 1] == "1" and "crd" in args else []))
+
+
+@pytest.mark.parametrize("args", script_commands("run_cifar_distill.sh"), ids=command_id)
 def test_every_distill_script_line_parses_and_builds(tmp_path, args):
     data = tmp_path / "data"
     make_fake_cifar100(str(data), 1, 1, seed=0)

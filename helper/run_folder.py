@@ -1,0 +1,137 @@
+"""A run folder that survives kills, reruns and parallel runs.
+
+- A lock (`.lock`, flock) is held by the writing process for the whole run: a second run on the same folder stops
+  with one line naming the holder's PID. The kernel drops the lock when the holder dies, even by SIGKILL.
+- A folder that already holds a run (checkpoints, log, results) is refused unless `--resume` (continue it) or
+  `--overwrite` (delete that run's files first) is given.
+- Temporaries of interrupted atomic writes (`.tmp-*`) are removed on start and resume.
+- On resume, the epoch's set of files is made consistent with `<arch>_last.pth`: `log.jsonl` keeps each epoch
+  once (records after the checkpoint's epoch are dropped), `<arch>_best.pth` and `ckpt_epoch_<N>.pth` are
+  rewritten from `last` when a kill interrupted their copy.
+"""
+import fcntl
+import glob
+import json
+import logging
+import os
+
+from helper.errors import UserError
+from helper.util import copy_atomic, load_checkpoint
+
+log = logging.getLogger("kd")
+
+TEMP_PREFIX = ".tmp-"
+LOCK_NAME = ".lock"
+RUN_FILES = ("*.pth", "log.jsonl", "results.json", "options.json", "train.log", "curves.png")
+
+
+class RunFolder:
+    """The folder of one run, locked while this process writes into it."""
+
+    def __init__(self, path):
+        self.path = path
+        self._lock = None
+
+    def acquire(self):
+        """Create the folder and take its lock; a held lock is a one-line UserError naming the holder's PID."""
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except (NotADirectoryError, FileExistsError, PermissionError, OSError) as e:
+            raise UserError(f"cannot create run folder {self.path}: {e.strerror or e}; pick a writable "
+                            "--model_path") from None
+        lock_path = os.path.join(self.path, LOCK_NAME)
+        handle = open(lock_path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise UserError(f"run folder {self.path} is in use by another run (PID {holder}); wait for it to end, "
+                            "or pick another folder with --trial") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock = handle
+        return self
+
+    def release(self):
+        if self._lock is not None:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+            self._lock = None
+
+    def previous_run(self):
+        """'finished', 'partial' or None: what an earlier run left in the folder."""
+        if os.path.exists(os.path.join(self.path, "results.json")):
+            return "finished"
+        for pattern in ("*.pth", "log.jsonl"):
+            if glob.glob(os.path.join(self.path, pattern)):
+                return "partial"
+        return None
+
+    def check_start(self, resume, overwrite):
+        """Refuse to start over an earlier run unless resume/overwrite; with overwrite, delete its files."""
+        previous = self.previous_run()
+        if previous is None or resume:
+            return
+        if not overwrite:
+            raise UserError(f"run folder {self.path} already holds a {previous} run; pass --resume to continue it, "
+                            "--overwrite to delete it and start over, or pick another folder with --trial")
+        for pattern in RUN_FILES:
+            for path in glob.glob(os.path.join(self.path, pattern)):
+                os.remove(path)
+        log.info("--overwrite: removed the earlier run's files from %s", self.path)
+
+    def remove_temporaries(self):
+        """Delete leftovers of interrupted atomic writes (this process holds the lock: none is in progress)."""
+        for path in glob.glob(os.path.join(self.path, TEMP_PREFIX + "*")):
+            os.remove(path)
+            log.info("removed %s, left by an interrupted write", path)
+
+
+def repair_after_kill(folder, arch, ckpt, save_freq):
+    """Make best/ckpt_epoch files agree with the resumed checkpoint `ckpt` (the contents of <arch>_last.pth)."""
+    last = os.path.join(folder, f"{arch}_last.pth")
+    epoch, best_epoch = ckpt["epoch"], ckpt.get("best_epoch", 0)
+    targets = []
+    if best_epoch == epoch:
+        targets.append(os.path.join(folder, f"{arch}_best.pth"))
+    if save_freq > 0 and epoch % save_freq == 0:
+        targets.append(os.path.join(folder, f"ckpt_epoch_{epoch}.pth"))
+    for path in targets:
+        if not os.path.isfile(last) or _epoch_of(path) == epoch:
+            continue
+        copy_atomic(last, path)
+        log.info("resume: rewrote %s from %s (its copy was interrupted)", os.path.basename(path),
+                 os.path.basename(last))
+
+
+def _epoch_of(path):
+    if not os.path.isfile(path):
+        return None
+    try:
+        return load_checkpoint(path).get("epoch")
+    except UserError:
+        return None
+
+
+def truncate_log(folder, last_epoch):
+    """Keep the init-stage records and the epoch records up to `last_epoch` in <folder>/log.jsonl."""
+    path = os.path.join(folder, "log.jsonl")
+    if not os.path.isfile(path):
+        return
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a kill
+            if record.get("kind") != "epoch" or record.get("step", 0) <= last_epoch:
+                kept.append(json.dumps(record))
+    tmp = os.path.join(folder, TEMP_PREFIX + "log.jsonl")
+    with open(tmp, "w") as f:
+        f.write("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
