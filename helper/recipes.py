@@ -190,7 +190,8 @@ def flag_text(dest, value):
 
 def line_flags(flags):
     order = ["gamma", "alpha", "beta"]
-    return " ".join(flag_text(k, flags[k]) for k in order + sorted(k for k in flags if k not in order))
+    keys = [k for k in order if k in flags] + sorted(k for k in flags if k not in order)
+    return " ".join(flag_text(k, flags[k]) for k in keys)
 
 
 # ---- generated files ------------------------------------------------------------------------------------------------
@@ -264,13 +265,23 @@ def render_plans():
 
 
 def render_method_table():
-    """The README's method table."""
-    rows = ["`--distill` | paper | consumes | recipe (defaults applied by `train_student.py`)", "---|---|---|---"]
+    """The README's method table, then every pair-specific value and every published variant."""
+    rows = ["`--distill` | paper | consumes | recipe (defaults applied by `train_student.py`) | source",
+            "---|---|---|---|---"]
     for method, recipe in RECIPES.items():
-        recipe_text = f"`{line_flags(recipe.flags)}`"
-        if recipe.pairs:
-            recipe_text += f"; per pair: {len(recipe.pairs)} pairs in `scripts/run_cifar_distill.sh`"
-        rows.append(f"`{method}` | {recipe.paper} | {recipe.consumes} | {recipe_text}")
+        recipe_text = f"`{line_flags(recipe.flags)}`" + (" (+ per pair, below)" if recipe.pairs else "")
+        rows.append(f"`{method}` | {recipe.paper} | {recipe.consumes} | {recipe_text} | {recipe.source}")
+    rows += ["", "Per teacher -> student pair (applied as defaults on that pair) and published variants (lines of "
+             "`scripts/run_cifar_distill.sh`, not defaults):", "",
+             "`--distill` | teacher -> student | flags | kind", "---|---|---|---"]
+    for method, recipe in RECIPES.items():
+        for (teacher, student), flags in recipe.pairs.items():
+            text = f"`{line_flags(flags)}`" if flags else "(the method's defaults)"
+            rows.append(f"`{method}` | {teacher} -> {student} | {text} | pair")
+        for variant in recipe.variants:
+            teacher, student = variant.get("_pair", recipe.main_pair)
+            flags = {k: v for k, v in variant.items() if k != "_pair"}
+            rows.append(f"`{method}` | {teacher} -> {student} | `{line_flags(flags)}` | variant")
     return "\n".join(rows) + "\n"
 
 

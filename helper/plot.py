@@ -1,0 +1,156 @@
+"""Training curves of run folders as one PNG (matplotlib, headless): `python -m helper.plot RUN... [--out FILE]`.
+
+Panels: test top-1 per epoch of every run; training loss per epoch of every run; each run's loss terms
+(`train_loss_<term>`, log scale when all are positive); for CTKD runs (temp_mean in log.jsonl) the temperature's
+mean ± std over the epoch and the gradient-reversal lambda on a twin axis. `plot_runs([folder], folder/curves.png)`
+is what a run's `--plot` calls at its end.
+"""
+import argparse
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless backend)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+from helper.errors import UserError  # noqa: E402
+from helper.table import epoch_records  # noqa: E402
+
+PANEL_SIZE = (6.4, 3.6)  # inches per panel
+
+
+def read_curves(folder):
+    """The epoch records of a run folder; one-line errors for a folder that does not exist or holds no epoch."""
+    if not os.path.isdir(folder):
+        raise UserError(f"{folder} does not exist" if not os.path.exists(folder) else f"{folder} is not a folder")
+    if not os.path.isfile(os.path.join(folder, "log.jsonl")):
+        raise UserError(f"{folder} holds no run (no log.jsonl)")
+    records = epoch_records(folder)
+    if not records:
+        raise UserError(f"{folder}: log.jsonl holds no epoch yet")
+    return records
+
+
+def short_labels(folders):
+    """Legend labels: each folder's name without the '_'-separated parts every name shares (the whole name for one
+    run); relative paths when two runs would get the same label."""
+    names = [os.path.basename(os.path.normpath(f)) for f in folders]
+    if len(names) > 1:
+        common = set.intersection(*(set(n.split("_")) for n in names))
+        names = ["_".join(p for p in n.split("_") if p not in common) or n for n in names]
+    if len(set(names)) < len(names):
+        names = [os.path.relpath(f) for f in folders]
+    return names
+
+
+def series(records, key):
+    """(epochs, values) of `key` over the records that hold it."""
+    points = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def loss_terms(records):
+    """The run's `train_loss_<term>` keys, in the order they first appear."""
+    terms = []
+    for record in records:
+        terms += [k for k in record if k.startswith("train_loss_") and k not in terms]
+    return terms
+
+
+def plot_all_runs(ax, runs, key, title, ylabel):
+    for label, records in runs:
+        ax.plot(*series(records, key), marker=".", label=label)
+    ax.set(title=title, xlabel="epoch", ylabel=ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def plot_terms(ax, label, records):
+    """Each loss term of one run; log scale when every finite value is positive."""
+    values = []
+    for key in loss_terms(records):
+        epochs, ys = series(records, key)
+        ax.plot(epochs, ys, marker=".", label=key[len("train_loss_"):])
+        values += [y for y in ys if math.isfinite(y)]
+    if values and min(values) > 0:
+        ax.set_yscale("log")
+    ax.set_title(f"loss terms: {label}", fontsize="medium")
+    ax.set(xlabel="epoch", ylabel="training loss (epoch mean)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def plot_temperature(ax, label, records):
+    """CTKD: the temperature's mean ± std over the epoch's samples, and lambda on a twin axis."""
+    epochs, mean = series(records, "temp_mean")
+    std = [r.get("temp_std") or 0.0 for r in records if r.get("temp_mean") is not None]
+    ax.plot(epochs, mean, marker=".", color="C0", label="temperature (mean)")
+    ax.fill_between(epochs, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], color="C0",
+                    alpha=0.25, label="± std")
+    ax.set_title(f"CTKD temperature: {label}", fontsize="medium")
+    ax.set(xlabel="epoch", ylabel="temperature")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    lam_epochs, lam = series(records, "ctkd_lambda")
+    if lam:
+        twin = ax.twinx()
+        twin.plot(lam_epochs, lam, color="C3", linestyle="--", label="lambda")
+        twin.set_ylabel("lambda (gradient reversal)")
+        more = twin.get_legend_handles_labels()
+        handles, labels = handles + more[0], labels + more[1]
+    ax.legend(handles, labels, fontsize="small")
+
+
+def draw_runs(folders):
+    """A matplotlib figure of the curves of the run folders `folders` (close it with plt.close)."""
+    folders = list(folders)
+    if not folders:
+        raise UserError("no run folder to plot")
+    runs = list(zip(short_labels(folders), [read_curves(f) for f in folders]))
+    panels = [lambda ax: plot_all_runs(ax, runs, "test_acc", "test top-1", "top-1 (%)"),
+              lambda ax: plot_all_runs(ax, runs, "train_loss", "training loss", "loss (epoch mean)")]
+    for label, records in runs:
+        if loss_terms(records):
+            panels.append(lambda ax, label=label, records=records: plot_terms(ax, label, records))
+        if any(r.get("temp_mean") is not None for r in records):
+            panels.append(lambda ax, label=label, records=records: plot_temperature(ax, label, records))
+    cols = 2
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(PANEL_SIZE[0] * cols, PANEL_SIZE[1] * rows), squeeze=False)
+    for ax, draw in zip(axes.flat, panels):
+        draw(ax)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    for ax in axes.flat:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout()
+    return fig
+
+
+def plot_runs(folders, out_path):
+    """Draw the curves of the run folders `folders` into the PNG `out_path`; returns out_path."""
+    fig = draw_runs(folders)
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    try:
+        fig.savefig(out_path, format="png", dpi=100)
+    finally:
+        plt.close(fig)
+    return out_path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="Plot the training curves of run folders into one PNG.")
+    parser.add_argument("runs", nargs="+", help="run folders (each with a log.jsonl)")
+    parser.add_argument("--out", default=None, help="PNG to write (default: RUN/curves.png for one run, "
+                                                    "curves.png here for several)")
+    args = parser.parse_args(argv)
+    out = args.out or (os.path.join(args.runs[0], "curves.png") if len(args.runs) == 1 else "curves.png")
+    print(plot_runs(args.runs, out))
+    return out
+
+
+if __name__ == "__main__":
+    from helper.options import run_cli
+    run_cli(main)
