@@ -17,7 +17,7 @@ from helper.loops import LossStep, cross_entropy
 from helper.options import add_training_args, apply_default_lr, finish_training_args, run_cli
 from helper.protocol import run_protocol
 from helper.run import Trainee, fit, is_main_process, read_resume_checkpoint, save_options
-from helper.run_folder import RunFolder
+from helper.run_folder import RunFolder, StartupLines, make_folder
 from helper.util import set_seed
 from helper.weights import constant_weights
 from models import build_model, model_dict
@@ -45,7 +45,15 @@ def parse_option(argv=None):
 
 
 def main(argv=None):
-    opt = parse_option(argv)
+    startup = StartupLines().start()  # the description lines, copied into train.log
+    try:
+        return train(parse_option(argv), startup)
+    finally:
+        startup.stop()
+
+
+def train(opt, startup):
+    """Train the teacher of the options; returns its RunState."""
     distributed.setup(opt)
     set_seed(opt.seed)
     data = build_loaders(opt)
@@ -63,6 +71,7 @@ def main(argv=None):
         if is_main_process():
             folder.acquire().check_start(bool(opt.resume), opt.overwrite)
             folder.remove_temporaries()
+            make_folder(opt.tb_folder, "TensorBoard folder", "--tb_path")
     distributed.together(claim)
     handler = None
     try:
@@ -73,6 +82,8 @@ def main(argv=None):
         save_options(opt, opt.save_folder)
         if is_main_process():
             handler = attach_run_log(opt.save_folder)
+            startup.copy_to(handler)
+        startup.stop()
         logger = RunLogger(opt.save_folder, opt.tb_folder, enabled=is_main_process(),
                            purge_step=ckpt["epoch"] + 1 if ckpt else None)
 

@@ -62,6 +62,7 @@ from helper.options import explicit_dests  # noqa: E402
 from helper.recipes import apply_recipe  # noqa: E402
 from helper.util import resolve_device, set_seed  # noqa: E402
 from models import build_model  # noqa: E402
+from results_md import replace_section  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
 NUM_CLASSES = 100
@@ -444,12 +445,8 @@ def section(args, rows, device, command, seconds, load_start):
 
 def write_results(args, rows, device, command, seconds, load_start):
     kind = "cuda" if device.type == "cuda" else "cpu"
-    new = "\n".join(section(args, rows, device, command, seconds, load_start))
-    text = open(RESULTS).read() if os.path.exists(RESULTS) else RESULTS_HEADER
-    pattern = re.compile(rf"<!-- bench_kd:{kind} -->.*?<!-- /bench_kd:{kind} -->", re.S)
-    text = pattern.sub(lambda m: new, text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + new + "\n"
-    with open(RESULTS, "w") as f:
-        f.write(text)
+    replace_section(f"bench_kd:{kind}", section(args, rows, device, command, seconds, load_start), RESULTS,
+                    header=RESULTS_HEADER)
 
 
 RESULTS_HEADER = """# KD step benchmark (benchmarks/bench_kd.py)

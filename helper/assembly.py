@@ -22,7 +22,7 @@ from helper.loops import LossStep, cross_entropy, forward_model, validate
 from helper.plugins import build_plugins, check_plugins, enabled_plugins
 from helper.protocol import run_protocol
 from helper.run import InitTrainee, Trainee, read_resume_checkpoint, save_options
-from helper.run_folder import RunFolder
+from helper.run_folder import RunFolder, make_folder
 from helper.util import extract_state_dict, load_checkpoint, load_weights, set_seed
 from helper.weights import TermWeights, constant_weights
 from models import build_model, input_size, model_dict
@@ -247,6 +247,7 @@ def claim_folder(s):
     s.run_folder = RunFolder(s.folder).acquire()
     s.run_folder.check_start(bool(opt.resume), opt.overwrite)
     s.run_folder.remove_temporaries()
+    make_folder(s.tb_folder, "TensorBoard folder", "--tb_path")
 
 
 def read_resume(s, shared, allow_fresh=False):
@@ -263,13 +264,16 @@ def read_resume(s, shared, allow_fresh=False):
     return read_resume_checkpoint(path, opt.model_s, opt, "train_student", check_resumable(s, shared))
 
 
-def open_student(s, shared, val_loader):
-    """Write the run's options, start its logs, and build its Trainee (and its init stage's, when it has one)."""
+def open_student(s, shared, val_loader, startup=None):
+    """Write the run's options, start its logs (train.log begins with the process's `startup` lines), and build its
+    Trainee (and its init stage's, when it has one)."""
     opt = s.opt
     main_process = distributed.is_main_process()
     save_options(opt, s.folder)
     if main_process:
         s.log_handler = attach_run_log(s.folder, s.label)
+        if startup is not None:
+            startup.copy_to(s.log_handler)
     ckpt = s.resume_ckpt
     purge = ckpt["epoch"] + 1 if ckpt is not None else None
     logger = RunLogger(s.folder, s.tb_folder, enabled=main_process, purge_step=purge)

@@ -17,7 +17,7 @@ How the options are applied (all in `prepare_models`, on the bare networks, befo
   teacher's inference forward, in place, so state_dict keys and checkpoints are unchanged; `dynamic=False`
   (the last partial batch and validation get their own static graphs).
 * `--cuda_graphs`: the same compile with mode "reduce-overhead" (CUDA graph trees), CUDA only; `wrap_step`
-  marks each training step's start. Where it does not apply (no CUDA device) it is switched off with a log line.
+  marks each training step's start. Without a CUDA device it is refused with one line.
 The training loop itself already has no host sync per step (meters accumulate on the device and are read at
 print points only); `no_host_sync` checks that: CUDA's sync debug mode on a GPU, patched Tensor conversions on
 the CPU.
@@ -77,14 +77,14 @@ def amp_dtype(opt):
 def check_fast_args(opt, logger=log):
     """Validate the speed flags against opt.device (in place); returns opt.
 
-    --cuda_graphs without a CUDA device is switched off with a log line; --cuda_graphs implies --compile;
+    --cuda_graphs without a CUDA device is a UserError; --cuda_graphs implies --compile;
     --amp bf16 on a GPU without bfloat16 support is a UserError.
     """
     device = _device(opt)
     dtype = amp_dtype(opt)
     if _get(opt, "cuda_graphs", False) and device.type != "cuda":
-        logger.info("--cuda_graphs needs a CUDA device (this run uses %s): ignored", device)
-        opt.cuda_graphs = False
+        raise UserError(f"--cuda_graphs needs a CUDA device (this run uses {device}); drop it, or pick a GPU "
+                        "with --device cuda")
     if _get(opt, "cuda_graphs", False) and not _get(opt, "compile", False):
         logger.info("--cuda_graphs implies --compile (torch.compile mode reduce-overhead)")
         opt.compile = True

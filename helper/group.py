@@ -19,6 +19,7 @@ from helper.errors import NonFiniteLossError, UserError
 from helper.logger import detach_run_log
 from helper.recipes import apply_recipe
 from helper.run import fit
+from helper.run_folder import StartupLines
 
 log = logging.getLogger("kd")
 
@@ -115,6 +116,15 @@ def check_distinct_folders(runs, teacher_arch):
 def run_students(runs):
     """Train the planned students in one process; returns their RunStates (one RunState for a single run), or None
     for --dry_run. A student whose loss turns non-finite stops alone; the process then ends with exit code 1."""
+    startup = StartupLines().start()  # the description lines, copied into each train.log
+    try:
+        return _run_students(runs, startup)
+    finally:
+        startup.stop()
+
+
+def _run_students(runs, startup):
+    """run_students' body; `startup` keeps the log lines written before the run folders exist."""
     shared_opt = runs[0].opt
     distributed.setup(shared_opt)
     for run in runs[1:]:
@@ -140,7 +150,8 @@ def run_students(runs):
         for s in students:
             s.resume_ckpt = read_resume(s, shared, allow_fresh=len(students) > 1)
         for s in students:
-            open_student(s, shared, shared.data.val_loader)
+            open_student(s, shared, shared.data.val_loader, startup)
+        startup.stop()
         train(students, shared, shared_opt)
     finally:
         for s in students:
@@ -183,4 +194,4 @@ def describe_student(s):
     plugins = ", ".join(p.switch for p in s.plugins) or "none"
     log.info("%s%s -> %s: --distill %s, -r %g -a %g -b %g, %d epochs, lr %g (%s), plug-ins: %s",
              f"[{s.label}] " if s.label else "", opt.model_t, opt.model_s, opt.distill, opt.gamma, opt.alpha,
-             opt.beta, opt.epochs, opt.learning_rate, opt.lr_schedule, plugins)
+             opt.beta, opt.epochs, opt.learning_rate, opt.lr_schedule, plugins, extra={"run": s.label})

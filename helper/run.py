@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -218,6 +219,7 @@ class Trainee:
         self.meters = defaultdict(AverageMeter)
         self.seen = 0
         self.epoch_skips = 0
+        self.epoch_start = time.perf_counter()
 
     def step(self, batch, teachers, iteration):
         """Train on one batch (skipped when partial and the method needs full batches)."""
@@ -282,8 +284,9 @@ class Trainee:
     def _progress(self, iteration):
         terms = " ".join(f"{k[5:]} {m.avg:.4f}" for k, m in self.meters.items() if k.startswith("loss_"))
         acc = f" acc {self.meters['acc1'].avg:.2f}" if "acc1" in self.meters else ""
-        self.log.info("epoch %d [%d/%d] loss %.4f (%s)%s", self.epoch, iteration, self.loader_iters,
-                      self.meters["loss"].avg, terms, acc)
+        throughput = self.seen * self.opt.world_size / max(time.perf_counter() - self.epoch_start, 1e-9)
+        self.log.info("epoch %d [%d/%d] loss %.4f (%s)%s | %.0f img/s", self.epoch, iteration, self.loader_iters,
+                      self.meters["loss"].avg, terms, acc, throughput)
 
     def _stopped(self, reason):
         """`reason` plus what is kept: the last good checkpoint, or that none was written yet."""
@@ -364,6 +367,7 @@ class Trainee:
             restore_extra(ckpt)
         self.state = RunState(start_epoch=ckpt["epoch"] + 1, best_acc=ckpt.get("best_acc", 0.0),
                               best_epoch=ckpt.get("best_epoch", 0), last_saved_epoch=ckpt["epoch"])
+        self.last_record = {"test_acc": ckpt.get("accuracy")}  # results.json, even when no epoch is left to run
         if is_main_process():
             repair_after_kill(self.folder, self.arch, ckpt, self.opt.save_freq)
             truncate_log(self.folder, ckpt["epoch"])

@@ -7,7 +7,11 @@
 - Temporaries of interrupted atomic writes (`.tmp-*`) are removed on start and resume.
 - On resume, the epoch's set of files is made consistent with `<arch>_last.pth`: `log.jsonl` keeps each epoch
   once (records after the checkpoint's epoch are dropped), `<arch>_best.pth` and `ckpt_epoch_<N>.pth` are
-  rewritten from `last` when a kill interrupted their copy.
+  rewritten from `last` when a kill interrupted their copy (and results.json is written even when no epoch is
+  left to run: helper.run.Trainee.resume_from).
+- A folder that cannot be made (a path under a file, no permission) is a one-line UserError naming the flag.
+- The lines logged before the run folders exist (device, data, method, weights) are kept (`StartupLines`) and
+  copied to the top of each run's train.log.
 """
 import fcntl
 import glob
@@ -25,6 +29,42 @@ LOCK_NAME = ".lock"
 RUN_FILES = ("*.pth", "log.jsonl", "results.json", "options.json", "train.log", "curves.png")
 
 
+class StartupLines(logging.Handler):
+    """The "kd" logger's lines from the start of a process until its run folders exist (device, data, method,
+    weights), to copy into each run's train.log when it is attached."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.records = []
+
+    def emit(self, record):
+        self.records.append(record)
+
+    def start(self):
+        if log.level == logging.NOTSET or log.level > logging.INFO:
+            log.setLevel(logging.INFO)
+        log.addHandler(self)
+        return self
+
+    def stop(self):
+        log.removeHandler(self)
+
+    def copy_to(self, handler):
+        """Write the kept lines through `handler` (a train.log handler: its filter keeps this run's lines)."""
+        for record in self.records:
+            handler.handle(record)
+
+
+def make_folder(path, what, flag):
+    """os.makedirs, with a one-line UserError naming `flag` when the path cannot be a writable folder."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create {what} {path}: {e.strerror or e}; pick a writable {flag}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write into {what} {path}: permission denied; pick a writable {flag}")
+
+
 class RunFolder:
     """The folder of one run, locked while this process writes into it."""
 
@@ -34,11 +74,7 @@ class RunFolder:
 
     def acquire(self):
         """Create the folder and take its lock; a held lock is a one-line UserError naming the holder's PID."""
-        try:
-            os.makedirs(self.path, exist_ok=True)
-        except (NotADirectoryError, FileExistsError, PermissionError, OSError) as e:
-            raise UserError(f"cannot create run folder {self.path}: {e.strerror or e}; pick a writable "
-                            "--model_path") from None
+        make_folder(self.path, "run folder", "--model_path")
         lock_path = os.path.join(self.path, LOCK_NAME)
         handle = open(lock_path, "a+")
         try:
@@ -95,13 +131,15 @@ def repair_after_kill(folder, arch, ckpt, save_freq):
     """Make best/ckpt_epoch files agree with the resumed checkpoint `ckpt` (the contents of <arch>_last.pth)."""
     last = os.path.join(folder, f"{arch}_last.pth")
     epoch, best_epoch = ckpt["epoch"], ckpt.get("best_epoch", 0)
+    if _epoch_of(last) != epoch:
+        return  # resumed from an older checkpoint: the epochs replayed rewrite their own files
     targets = []
     if best_epoch == epoch:
         targets.append(os.path.join(folder, f"{arch}_best.pth"))
     if save_freq > 0 and epoch % save_freq == 0:
         targets.append(os.path.join(folder, f"ckpt_epoch_{epoch}.pth"))
     for path in targets:
-        if not os.path.isfile(last) or _epoch_of(path) == epoch:
+        if _epoch_of(path) == epoch:
             continue
         copy_atomic(last, path)
         log.info("resume: rewrote %s from %s (its copy was interrupted)", os.path.basename(path),

@@ -1,6 +1,7 @@
 """Meters, accuracy, the learning-rate schedule, seeding, and checkpoints that describe themselves."""
 import math
 import os
+import pickle
 import random
 import shutil
 import tempfile
@@ -136,13 +137,30 @@ def _write_atomic(path, write):
 
 def load_checkpoint(path):
     """Load a checkpoint file with weights_only=True, with a one-line error if it is missing or unreadable."""
+    if os.path.isdir(path):
+        raise UserError(f"checkpoint {path} is a directory; give the .pth file inside it (e.g. <arch>_best.pth)")
     if not os.path.isfile(path):
         raise UserError(f"checkpoint {path} does not exist")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"checkpoint {path} is empty (0 bytes); was its write interrupted?")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"cannot read checkpoint {path}: {first}") from None
+        raise UserError(f"{path} is not a checkpoint this tool can load safely ({unreadable_reason(e)}): it is "
+                        "damaged, not written by torch.save, or holds objects other than tensors and plain "
+                        "values") from None
+
+
+def unreadable_reason(error):
+    """The cause of a failed torch.load(weights_only=True) in a few words, without torch's advice to load the file
+    with weights_only=False (which would run whatever code a crafted file holds)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if "weights_only" not in line and "Weights only load failed" not in line
+              and not line.startswith(("Please file an issue", "Check the documentation"))]
+    reason = useful[0].replace("WeightsUnpickler error: ", "").split(". ")[0].rstrip(".") if useful else ""
+    if isinstance(error, pickle.UnpicklingError) and reason:
+        return reason
+    return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
 
 
 def extract_state_dict(ckpt):

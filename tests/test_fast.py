@@ -19,6 +19,7 @@ from distiller_zoo.base import Batch, StepContext, distiller_registry
 from distiller_zoo.CRD import contrast_indices
 from helper import fast
 from helper.assembly import student_trainee
+from helper.errors import UserError
 from helper.loops import TeacherOutputs, train_epoch
 from models import build_model
 from tests.student_utils import built, parse, shared_for
@@ -28,13 +29,7 @@ N_DATA, BATCH, NCE_K, CLASSES = 96, 8, 16, 10
 TEACHER, STUDENT = "resnet20", "resnet8"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One torch thread: on a shared 2-core machine, OpenMP threads otherwise spin at barriers (10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_opt(distill, *extra):
@@ -173,11 +168,13 @@ def test_defaults_leave_everything_unchanged():
     assert fast.wrap_step(compute, opt) is compute
 
 
-def test_cuda_graphs_are_switched_off_without_cuda_and_bad_amp_is_refused():
+def test_cuda_graphs_without_cuda_and_bad_amp_are_refused():
+    with pytest.raises(UserError, match=r"^--cuda_graphs needs a CUDA device \(this run uses cpu\)"):
+        parse("--distill", "kd", "--cuda_graphs")  # --device cpu
     opt = argparse.Namespace(device=torch.device("cpu"), amp="bf16", channels_last=False, compile=False,
-                             cuda_graphs=True)
+                             cuda_graphs=False)
     fast.check_fast_args(opt)
-    assert opt.cuda_graphs is False and opt.compile is False
+    assert opt.compile is False
     assert "amp bf16" in fast.describe(opt)
     with pytest.raises(Exception, match="--amp"):
         fast.amp_dtype(argparse.Namespace(amp="fp8"))

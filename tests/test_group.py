@@ -8,7 +8,6 @@ import torch
 
 import train_student
 from helper.errors import NonFiniteLossError, UserError
-from models import build_model
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="apt-get install dataset-fashion-mnist")
@@ -23,15 +22,6 @@ PLAN = ["--distill kd",
         "--distill semckd -b 40",
         "--distill crcd --nce_k 32 --epochs 3",
         "--distill factor --init_epochs 1"]
-
-
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
-    """A resnet8 teacher checkpoint (random weights: equivalence does not need a trained one)."""
-    path = tmp_path_factory.mktemp("teacher") / "resnet8_teacher.pth"
-    torch.manual_seed(7)
-    torch.save({"model": build_model("resnet8", 10).state_dict(), "arch": "resnet8", "num_classes": 10}, path)
-    return str(path)
 
 
 def common(root, teacher, epochs=2):

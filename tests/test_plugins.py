@@ -14,7 +14,7 @@ from helper.errors import UserError
 from helper.loops import validate
 from models import build_model
 from tests.student_utils import parse
-from tests.test_group import FMNIST, assert_same_run, common, folders, records, teacher  # noqa: F401,F811
+from tests.test_group import FMNIST, assert_same_run, common, folders, records
 
 pytestmark = pytest.mark.skipif(not __import__("os").path.isdir(FMNIST), reason="apt-get install dataset-fashion-mnist")
 
