@@ -106,6 +106,9 @@ def train(opt, startup):
         folder.release()
         if handler is not None:
             detach_run_log(handler)
+    if opt.plot and is_main_process():
+        from helper.plot import plot_each_run  # matplotlib only when asked for
+        plot_each_run([opt.save_folder], log)
     if trainee.failed:
         error = NonFiniteLossError(trainee.failed)
         error.logged = True

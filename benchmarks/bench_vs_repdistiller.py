@@ -272,7 +272,8 @@ def machine_lines(args):
 
 def section(args, rows, command, load_start, seconds, commit, script_sha):
     steps = -(-args.per_class * 100 // args.batch_size)
-    lines = ["<!-- bench_vs_repdistiller:cpu -->", "## Ours vs RepDistiller's train_student.py (CPU, "
+    marker = section_marker(args)
+    lines = [f"<!-- {marker} -->", f"## Ours vs RepDistiller's train_student.py (CPU, {args.threads} thread(s), "
              "benchmarks/bench_vs_repdistiller.py)", "",
              f"Command: `{command}`  ",
              f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  "]
@@ -284,12 +285,17 @@ def section(args, rows, command, load_start, seconds, commit, script_sha):
               f"CIFAR-100-format images ({steps} steps), {args.test_per_class * 100} test images; the three runs "
               f"alternate, {args.repeats} repeats; {seconds:.0f} s in all.  ",
               "GPU figures: not measured (no GPU lent to this task).", ""]
-    lines += table(rows, steps) + ["", verdict(rows), "", "<!-- /bench_vs_repdistiller:cpu -->"]
+    lines += table(rows, steps) + ["", verdict(rows), "", f"<!-- /{marker} -->"]
     return lines
 
 
-def write_section(lines, path=RESULTS):
-    replace_section("bench_vs_repdistiller:cpu", lines, path)
+def section_marker(args):
+    """One RESULTS.md section per thread count: bench_vs_repdistiller:cpu-threads<N>."""
+    return f"bench_vs_repdistiller:cpu-threads{args.threads}"
+
+
+def write_section(lines, args, path=RESULTS):
+    replace_section(section_marker(args), lines, path)
 
 
 def main(argv=None):
@@ -322,7 +328,7 @@ def main(argv=None):
     print()
     print("\n".join(table(rows, steps) + ["", verdict(rows)]))
     if args.write:
-        write_section(section(args, rows, command, load_start, seconds, commit, script_sha))
+        write_section(section(args, rows, command, load_start, seconds, commit, script_sha), args)
         print(f"\nwrote {os.path.relpath(RESULTS)}")
     return rows
 

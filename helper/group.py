@@ -27,7 +27,7 @@ log = logging.getLogger("kd")
 # teacher forward, and how the process runs.
 SHARED_FLAGS = ("path_t", "dataset", "data_root", "subset", "test_subset", "batch_size", "seed", "device", "loader",
                 "gpu_loader", "num_workers", "amp", "channels_last", "compile", "cuda_graphs", "resume", "dry_run",
-                "print_freq", "no_progress")
+                "print_freq", "no_progress", "plot")
 
 
 @dataclass
@@ -159,6 +159,9 @@ def _run_students(runs, startup):
                 s.run_folder.release()
             if s.log_handler is not None:
                 detach_run_log(s.log_handler)
+    if shared_opt.plot and distributed.is_main_process():
+        from helper.plot import plot_each_run  # matplotlib only when asked for
+        plot_each_run([s.folder for s in students], log)
     failed = [s for s in students if s.trainee.failed]
     if failed:
         if len(students) == 1:

@@ -49,6 +49,8 @@ def add_training_args(parser):
     p.add_argument("--seed", type=int, default=None,
                    help="random seed (initial weights, data order, augmentation, negatives); epoch e of the data is "
                         "seeded with seed + e (default: the --trial number)")
+    p.add_argument("--plot", action="store_true",
+                   help="at the end, draw the run's curves into <run folder>/curves.png (helper.plot)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete an earlier run's files in this run's folder and start over (else refused)")
     p.add_argument("--device", type=str, default="auto", help="cpu, cuda, cuda:N or auto (auto)")

@@ -140,6 +140,19 @@ def plot_runs(folders, out_path):
     return out_path
 
 
+def plot_each_run(folders, logger=None):
+    """--plot at the end of a run: <folder>/curves.png for every folder that logged an epoch (one line each)."""
+    for folder in folders:
+        try:
+            path = plot_runs([folder], os.path.join(folder, "curves.png"))
+        except UserError as e:
+            if logger is not None:
+                logger.warning("--plot: %s", e)
+            continue
+        if logger is not None:
+            logger.info("curves: %s", path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="Plot the training curves of run folders into one PNG.")
     parser.add_argument("runs", nargs="+", help="run folders (each with a log.jsonl)")

@@ -112,7 +112,7 @@ def test_students_that_disagree_on_shared_flags_or_folders_stop_at_start_up(tmp_
 def test_trials_without_a_seed_differ_and_a_trial_replays_itself(tmp_path, teacher):
     def run(root, trial):
         args = [a for a in common(root, teacher, epochs=1) if a not in ("--seed", "5")]
-        train_student.main(args + ["--distill", "kd", "--trial", trial])
+        train_student.main(args + ["--distill", "kd", "--trial", trial, "--plot"])
         (folder,) = folders(root)
         return folder, torch.load(folder / "resnet8_last.pth", weights_only=True)
 
@@ -123,3 +123,4 @@ def test_trials_without_a_seed_differ_and_a_trial_replays_itself(tmp_path, teach
     assert json.load(open(one / "results.json"))["protocol"]["seed"] == 1
     assert any(not torch.equal(first["model"][k], second["model"][k]) for k in first["model"])
     assert all(torch.equal(first["model"][k], replay["model"][k]) for k in first["model"])
+    assert (one / "curves.png").stat().st_size > 0  # --plot
