@@ -11,9 +11,10 @@ resnet8x4 on both sides:
   --batch_size 64 --num_workers W --epochs E
 
 plus, on our side, --loader auto (the default: the dataset resident on the device, augmented there) or
---loader torch (torch's DataLoader with W workers, as RepDistiller's), --device cpu, --no_progress and a run folder
-of its own. The runs alternate (RepDistiller, ours default, ours --loader torch) --repeats times, each process with
-OMP_NUM_THREADS=--threads. Timed: each training epoch as the script itself times it (RepDistiller prints
+--loader torch (torch's DataLoader with W workers, as RepDistiller's), and --cpu_malloc tuned (the default) or
+system (glibc's allocator defaults: shows what the tuning contributes), --device cpu, --no_progress and a run folder
+of its own. The runs alternate (RepDistiller, ours default, ours --loader torch, ours --cpu_malloc system)
+--repeats times, each process with OMP_NUM_THREADS=--threads. Timed: each training epoch as the script itself times it (RepDistiller prints
 "epoch N, total time S" around its train loop; ours writes epoch_time, the same span, to log.jsonl), so start-up,
 teacher validation, test passes and checkpoints are left out; "process s" is the whole process's wall time.
 
@@ -54,7 +55,7 @@ ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
 LAUNCH = "--launch_repdistiller"
 TEACHER = os.path.join("save", "models", "resnet32x4_vanilla", "ckpt_epoch_240.pth")
-RUNS = ("repdistiller", "ours (default loader)", "ours (--loader torch)")
+RUNS = ("repdistiller", "ours (default loader)", "ours (--loader torch)", "ours (--cpu_malloc system)")
 REPDISTILLER_EPOCH = re.compile(r"^epoch (\d+), total time ([0-9.]+)", re.M)
 
 
@@ -98,7 +99,7 @@ def parse_args(argv=None):
                    help="generated training images per class (30: 3000 images, 47 steps of 64)")
     p.add_argument("--test_per_class", type=int, default=2, help="generated test images per class (2)")
     p.add_argument("--epochs", type=int, default=1, help="training epochs per run (1)")
-    p.add_argument("--repeats", type=int, default=3, help="alternating repeats of the three runs (3)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating repeats of the four runs (3)")
     p.add_argument("--batch_size", type=int, default=64, help="--batch_size of both scripts (64)")
     p.add_argument("--num_workers", type=int, default=os.cpu_count() or 1,
                    help="--num_workers of both scripts (the CPU count)")
@@ -183,8 +184,9 @@ def command_of(args, run, run_folder):
     if run == "repdistiller":
         return [sys.executable, os.path.abspath(__file__), LAUNCH, args.repdistiller, "--"] + common_flags(args)
     loader = "torch" if "torch" in run else "auto"
+    malloc = "system" if "system" in run else "tuned"
     return [sys.executable, os.path.join(ROOT, "train_student.py")] + common_flags(args) + [
-        "--loader", loader, "--device", "cpu", "--no_progress", "--model_path", run_folder,
+        "--loader", loader, "--cpu_malloc", malloc, "--device", "cpu", "--no_progress", "--model_path", run_folder,
         "--tb_path", os.path.join(run_folder, "tb")]
 
 
@@ -282,7 +284,7 @@ def section(args, rows, command, load_start, seconds, commit, script_sha):
               f"Load average (1, 5, 15 min): {load_start} at the start, {load_average()} at the end  ",
               f"Run: KD resnet32x4 (random) -> resnet8x4, -r 0.1 -a 0.9 -b 0, batch {args.batch_size}, "
               f"--num_workers {args.num_workers}, {args.epochs} epoch(s) of {args.per_class * 100} generated "
-              f"CIFAR-100-format images ({steps} steps), {args.test_per_class * 100} test images; the three runs "
+              f"CIFAR-100-format images ({steps} steps), {args.test_per_class * 100} test images; the {len(RUNS)} runs "
               f"alternate, {args.repeats} repeats; {seconds:.0f} s in all.  ",
               "GPU figures: not measured (no GPU lent to this task).", ""]
     lines += table(rows, steps) + ["", verdict(rows), "", f"<!-- /{marker} -->"]

@@ -27,7 +27,7 @@ log = logging.getLogger("kd")
 # teacher forward, and how the process runs.
 SHARED_FLAGS = ("path_t", "dataset", "data_root", "subset", "test_subset", "batch_size", "seed", "device", "loader",
                 "gpu_loader", "num_workers", "amp", "channels_last", "compile", "cuda_graphs", "resume", "dry_run",
-                "print_freq", "no_progress", "plot")
+                "print_freq", "no_progress", "plot", "cpu_malloc")
 
 
 @dataclass

@@ -6,6 +6,7 @@ about a minute on 2 cores); benchmarks/bench_kd.py --quick runs the other fast o
 import argparse
 import copy
 import os
+import platform
 import subprocess
 import sys
 
@@ -366,3 +367,48 @@ def test_bench_kd_quick_prints_the_table():
         for setting in ("repdistiller", "+bf16"):
             assert f"| {method} | {setting} |" in out, out
     assert "failed" not in out, out
+
+
+# --- (6) --cpu_malloc tuned: freed activations reuse their pages --------------------------------------------------
+
+PAGE_FAULTS_PROBE = """
+import ctypes, resource, sys
+from helper import fast
+if sys.argv[1] == "tuned":
+    assert fast.tune_cpu_allocator()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+size = 64 << 20  # above glibc's largest dynamic mmap threshold (32 MiB)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"),
+                    reason="mallopt is glibc's")
+def test_tuned_cpu_malloc_reuses_freed_blocks_instead_of_faulting_in_new_pages():
+    def faults(mode):
+        done = subprocess.run([sys.executable, "-c", PAGE_FAULTS_PROBE, mode], cwd=ROOT, capture_output=True,
+                              text=True, check=True)
+        return int(done.stdout.strip())
+    pages = 64 << 20 >> 12  # one 64 MiB block, written five times
+    assert faults("system") > 4 * pages  # glibc maps it and unmaps it on free: its pages fault in every time
+    assert faults("tuned") < 1.5 * pages  # the first block's pages are reused
+
+
+def test_cpu_malloc_is_tuned_on_cpu_runs_only_and_stays_out_of_the_protocol():
+    from helper.protocol import experiment_flags
+    opt = parse("--distill", "kd")  # --device cpu, default --cpu_malloc tuned
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert opt.cpu_malloc == "tuned" and opt.cpu_malloc_tuned is glibc
+    assert ("cpu_malloc tuned" in fast.describe(opt)) is glibc
+    assert not {"cpu_malloc", "cpu_malloc_tuned"} & set(experiment_flags(opt))
+    opt = parse("--distill", "kd", "--cpu_malloc", "system")
+    assert opt.cpu_malloc_tuned is False and "cpu_malloc" not in fast.describe(opt)
+    opt = argparse.Namespace(device=torch.device("meta"), amp="none", channels_last=False, compile=False,
+                             cuda_graphs=False, cpu_malloc="tuned")
+    assert fast.check_fast_args(opt).cpu_malloc_tuned is False  # not a CPU run
