@@ -20,7 +20,6 @@ most 0.6x, a group of 8 at most 0.5x the sum of its single runs.
   .venv/bin/python benchmarks/bench_group.py --quick --device cpu                # CI-sized smoke run
 """
 import argparse
-import datetime
 import os
 import statistics
 import sys
@@ -33,8 +32,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_student  # noqa: E402
-from bench_kd import install_synthetic_cifar, load_average, machine, release_freed_memory  # noqa: E402
-from results_md import replace_section  # noqa: E402
+from bench_kd import install_synthetic_cifar, machine, release_freed_memory  # noqa: E402
+from results_md import load_average, replace_section, section_head  # noqa: E402
 from dataset import build_loaders  # noqa: E402
 from distiller_zoo.base import Batch, Needs, get_distiller_class  # noqa: E402
 from helper import fast  # noqa: E402
@@ -273,13 +272,9 @@ def report(args, times, cpu_times):
 def section(args, times, cpu_times, command, seconds, load_start):
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
     device = torch.device(args.device)
-    lines = [f"<!-- bench_group:{kind} -->", f"## Group of students vs single runs ({kind.upper()}, "
-             "benchmarks/bench_group.py)", "",
-             f"Command: `{command}`  ",
-             f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  "]
-    lines += [f"{line}  " for line in machine(device)]
-    lines += [f"Load average (1, 5, 15 min): {load_start} at the start, {load_average()} at the end  ",
-              f"Run: teacher {args.teacher} (random weights) -> student {args.student} for every method, batch "
+    lines = section_head(f"bench_group:{kind}", f"Group of students vs single runs ({kind.upper()}, "
+                         "benchmarks/bench_group.py)", command, machine(device), load_start)
+    lines += [f"Run: teacher {args.teacher} (random weights) -> student {args.student} for every method, batch "
               f"{args.batch}, the loader's first {args.steps} batches of {args.images} random CIFAR-shaped images "
               f"(device-resident loader), {args.repeats} interleaved repeats after one warm-up step; "
               f"{seconds:.0f} s in all.  "]

@@ -32,11 +32,9 @@ last step, which ends at the epoch's print point (its one finite-loss check), is
 """
 import argparse
 import ctypes
-import datetime
 import gc
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -62,7 +60,7 @@ from helper.options import explicit_dests  # noqa: E402
 from helper.recipes import apply_recipe  # noqa: E402
 from helper.util import resolve_device, set_seed  # noqa: E402
 from models import build_model  # noqa: E402
-from results_md import replace_section  # noqa: E402
+from results_md import cpu_name, load_average, replace_section, section_head  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "RESULTS.md")
 NUM_CLASSES = 100
@@ -384,23 +382,12 @@ def run_row(args, method_name, setting_name):
 # ---------------------------------------------------------------------------------------------------------------
 # Report.
 
-def load_average():
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
-
-
 def machine(device):
     lines = []
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         lines.append(f"GPU: {props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}")
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = re.findall(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    lines.append(f"CPU: {cpu}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}")
+    lines.append(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}")
     import torchvision
     lines.append(f"torch {torch.__version__}, torchvision {torchvision.__version__}, "
                  f"Python {platform.python_version()}")
@@ -431,10 +418,7 @@ def table(rows, device):
 def section(args, rows, device, command, seconds, load_start):
     kind = "cuda" if device.type == "cuda" else "cpu"
     title = "GPU figures" if kind == "cuda" else "CPU figures (not GPU figures)"
-    lines = [f"<!-- bench_kd:{kind} -->", f"## {title}", "",
-             f"Command: `{command}`  ", f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  "]
-    lines += [f"{line}  " for line in machine(device)]
-    lines += [f"Load average (1, 5, 15 min): {load_start} at the start, {load_average()} at the end  "]
+    lines = section_head(f"bench_kd:{kind}", title, command, machine(device), load_start)
     lines += [f"Run: teacher {args.teacher} -> student {args.student}, batch {args.batch}, {args.images} random "
               f"CIFAR-shaped images, {args.steps} timed steps after {args.warmup} warm-up steps (+2 for compiled "
               f"rows), DataLoader workers {args.num_workers}, CRD K={args.crd_k}; {seconds:.0f} s in all.", "", ]

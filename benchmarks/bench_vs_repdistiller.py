@@ -14,9 +14,10 @@ plus, on our side, --loader auto (the default: the dataset resident on the devic
 --loader torch (torch's DataLoader with W workers, as RepDistiller's), and --cpu_malloc tuned (the default) or
 system (glibc's allocator defaults: shows what the tuning contributes), --device cpu, --no_progress and a run folder
 of its own. The runs alternate (RepDistiller, ours default, ours --loader torch, ours --cpu_malloc system)
---repeats times, each process with OMP_NUM_THREADS=--threads. Timed: each training epoch as the script itself times it (RepDistiller prints
-"epoch N, total time S" around its train loop; ours writes epoch_time, the same span, to log.jsonl), so start-up,
-teacher validation, test passes and checkpoints are left out; "process s" is the whole process's wall time.
+--repeats times, each process with OMP_NUM_THREADS=--threads. Timed: each training epoch as the script itself
+times it (RepDistiller prints "epoch N, total time S" around its train loop; ours writes epoch_time, the same
+span, to log.jsonl), so start-up, teacher validation, test passes and checkpoints are left out; "process s" is the
+whole process's wall time.
 
 RepDistiller's code is never copied here. The user makes a checkout from a clone or mirror:
 
@@ -31,7 +32,6 @@ with runpy.
   .venv/bin/python benchmarks/bench_vs_repdistiller.py --repdistiller DIR --write
 """
 import argparse
-import datetime
 import glob
 import hashlib
 import json
@@ -48,7 +48,7 @@ import tempfile
 import time
 import types
 
-from results_md import replace_section  # benchmarks/ (this script's folder) is on sys.path
+from results_md import cpu_name, load_average, replace_section, section_head  # this script's folder
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -221,10 +221,6 @@ def run_once(args, run, workdir, number):
 # ---------------------------------------------------------------------------------------------------------------
 # Report.
 
-def load_average():
-    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def summary(results):
     """Per run: median epoch seconds (over repeats of each run's mean epoch), min-max, process median, ratio."""
     rows = {}
@@ -264,25 +260,18 @@ def machine_lines(args):
     import platform
     import torch
     import torchvision
-    cpu = platform.machine()
-    with open("/proc/cpuinfo") as f:
-        names = re.findall(r"^model name\s*:\s*(.+)$", f.read(), re.M)
-    cpu = names[0] if names else cpu
-    return [f"CPU: {cpu}, {os.cpu_count()} logical cores, OMP_NUM_THREADS {args.threads} in every run",
+    return [f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, OMP_NUM_THREADS {args.threads} in every run",
             f"torch {torch.__version__}, torchvision {torchvision.__version__}, Python {platform.python_version()}"]
 
 
 def section(args, rows, command, load_start, seconds, commit, script_sha):
     steps = -(-args.per_class * 100 // args.batch_size)
     marker = section_marker(args)
-    lines = [f"<!-- {marker} -->", f"## Ours vs RepDistiller's train_student.py (CPU, {args.threads} thread(s), "
-             "benchmarks/bench_vs_repdistiller.py)", "",
-             f"Command: `{command}`  ",
-             f"Date: {datetime.datetime.now().astimezone().strftime('%Y-%m-%d %H:%M %Z')}  "]
-    lines += [f"{line}  " for line in machine_lines(args)]
-    lines += [f"RepDistiller: commit {commit}, train_student.py sha256 {script_sha[:16]}... (run as is)  ",
-              f"Load average (1, 5, 15 min): {load_start} at the start, {load_average()} at the end  ",
-              f"Run: KD resnet32x4 (random) -> resnet8x4, -r 0.1 -a 0.9 -b 0, batch {args.batch_size}, "
+    title = (f"Ours vs RepDistiller's train_student.py (CPU, {args.threads} thread(s), "
+             "benchmarks/bench_vs_repdistiller.py)")
+    repdistiller = f"RepDistiller: commit {commit}, train_student.py sha256 {script_sha[:16]}... (run as is)"
+    lines = section_head(marker, title, command, machine_lines(args) + [repdistiller], load_start)
+    lines += [f"Run: KD resnet32x4 (random) -> resnet8x4, -r 0.1 -a 0.9 -b 0, batch {args.batch_size}, "
               f"--num_workers {args.num_workers}, {args.epochs} epoch(s) of {args.per_class * 100} generated "
               f"CIFAR-100-format images ({steps} steps), {args.test_per_class * 100} test images; the {len(RUNS)} runs "
               f"alternate, {args.repeats} repeats; {seconds:.0f} s in all.  ",
