@@ -16,8 +16,8 @@ from helper.logger import RunLogger, attach_run_log, detach_run_log
 from helper.loops import LossStep, cross_entropy
 from helper.options import add_training_args, apply_default_lr, finish_training_args, run_cli
 from helper.protocol import run_protocol
-from helper.run import Trainee, fit, is_main_process, read_resume_checkpoint, save_options
-from helper.run_folder import RunFolder, StartupLines, make_folder
+from helper.run import Trainee, fit, is_main_process, read_resume_checkpoint, resume_path, save_options
+from helper.run_folder import RunFolder, StartupLines
 from helper.util import set_seed
 from helper.weights import constant_weights
 from models import build_model, model_dict
@@ -69,16 +69,14 @@ def train(opt, startup):
 
     def claim():
         if is_main_process():
-            folder.acquire().check_start(bool(opt.resume), opt.overwrite)
-            folder.remove_temporaries()
-            make_folder(opt.tb_folder, "TensorBoard folder", "--tb_path")
+            folder.claim(opt.tb_folder, bool(opt.resume), opt.overwrite)
     distributed.together(claim)
     handler = None
     try:
         ckpt = None
         if opt.resume:
-            path = os.path.join(opt.save_folder, f"{opt.model}_last.pth") if opt.resume == "last" else opt.resume
-            ckpt = read_resume_checkpoint(path, opt.model, opt, "train_teacher")
+            ckpt = read_resume_checkpoint(resume_path(opt, opt.save_folder, opt.model), opt.model, opt,
+                                          "train_teacher")
         save_options(opt, opt.save_folder)
         if is_main_process():
             handler = attach_run_log(opt.save_folder)

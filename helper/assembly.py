@@ -7,7 +7,7 @@ then claims its run folder, validates a resume, and returns the Trainee(s) the l
 import hashlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -21,8 +21,8 @@ from helper.logger import RunLogger, attach_run_log
 from helper.loops import LossStep, cross_entropy, forward_model, validate
 from helper.plugins import build_plugins, check_plugins, enabled_plugins
 from helper.protocol import run_protocol
-from helper.run import InitTrainee, Trainee, read_resume_checkpoint, save_options
-from helper.run_folder import RunFolder, make_folder
+from helper.run import InitTrainee, Trainee, read_resume_checkpoint, resume_path, save_options
+from helper.run_folder import RunFolder
 from helper.util import extract_state_dict, load_checkpoint, load_weights, set_seed
 from helper.weights import TermWeights, constant_weights
 from models import build_model, input_size, model_dict
@@ -170,7 +170,6 @@ class Student:
     run_folder: Optional[RunFolder] = None
     resume_ckpt: Optional[dict] = None
     log_handler: Optional[object] = None
-    extra: dict = field(default_factory=dict)
 
 
 def student_run_name(opt, teacher_arch):
@@ -241,13 +240,8 @@ def check_resumable(s, shared):
 def claim_folder(s):
     """Lock the run folder (rank 0) and check what an earlier run left there (resume, overwrite); writes nothing
     but the lock."""
-    opt = s.opt
-    if not distributed.is_main_process():
-        return
-    s.run_folder = RunFolder(s.folder).acquire()
-    s.run_folder.check_start(bool(opt.resume), opt.overwrite)
-    s.run_folder.remove_temporaries()
-    make_folder(s.tb_folder, "TensorBoard folder", "--tb_path")
+    if distributed.is_main_process():
+        s.run_folder = RunFolder(s.folder).claim(s.tb_folder, bool(s.opt.resume), s.opt.overwrite)
 
 
 def read_resume(s, shared, allow_fresh=False):
@@ -255,7 +249,7 @@ def read_resume(s, shared, allow_fresh=False):
     opt = s.opt
     if not opt.resume:
         return None
-    path = os.path.join(s.folder, f"{opt.model_s}_last.pth") if opt.resume == "last" else opt.resume
+    path = resume_path(opt, s.folder, opt.model_s)
     if opt.resume == "last" and not os.path.isfile(path):
         if allow_fresh and not os.path.exists(os.path.join(s.folder, "log.jsonl")):
             log.warning("--resume: nothing to resume in %s; this student starts at epoch 1", s.folder)

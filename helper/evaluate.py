@@ -71,7 +71,8 @@ class Fact:
 def read_checkpoint(path):
     """torch.load(weights_only=True) with one-line errors naming the file (missing, a folder, not a checkpoint).
 
-    Unlike helper.util.load_checkpoint it never repeats torch's advice to load with weights_only=False."""
+    The same checks as helper.util.load_checkpoint in the evaluation command's words (it names the Python object a
+    safe load refused); neither repeats torch's advice to load with weights_only=False."""
     if os.path.isdir(path):
         raise UserError(f"{path} is a directory, not a checkpoint file")
     if not os.path.isfile(path):

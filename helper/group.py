@@ -16,7 +16,7 @@ from helper import distributed, fast
 from helper.assembly import (build_shared, build_student, claim_folder, describe_data, open_student, read_resume,
                              student_run_name, teacher_accuracy)
 from helper.errors import NonFiniteLossError, UserError
-from helper.logger import detach_run_log
+from helper.logger import RunLog, detach_run_log
 from helper.recipes import apply_recipe
 from helper.run import fit
 from helper.run_folder import StartupLines
@@ -172,8 +172,8 @@ def _run_students(runs, startup):
                                  + "; ".join(s.label for s in failed) + " (see their results.json)")
     states = [s.trainee.state for s in students]
     for s in students:
-        log.info("%sbest accuracy %.2f (epoch %d); run folder %s", f"[{s.label}] " if s.label else "",
-                 s.trainee.state.best_acc, s.trainee.state.best_epoch, s.folder)
+        s.trainee.log.info("best accuracy %.2f (epoch %d); run folder %s", s.trainee.state.best_acc,
+                           s.trainee.state.best_epoch, s.folder)
     return states[0] if len(states) == 1 else states
 
 
@@ -195,6 +195,6 @@ def describe_student(s):
     """The method, its weights and plug-ins, in the log."""
     opt = s.opt
     plugins = ", ".join(p.switch for p in s.plugins) or "none"
-    log.info("%s%s -> %s: --distill %s, -r %g -a %g -b %g, %d epochs, lr %g (%s), plug-ins: %s",
-             f"[{s.label}] " if s.label else "", opt.model_t, opt.model_s, opt.distill, opt.gamma, opt.alpha,
-             opt.beta, opt.epochs, opt.learning_rate, opt.lr_schedule, plugins, extra={"run": s.label})
+    RunLog(s.label).info("%s -> %s: --distill %s, -r %g -a %g -b %g, %d epochs, lr %g (%s), plug-ins: %s",
+                         opt.model_t, opt.model_s, opt.distill, opt.gamma, opt.alpha, opt.beta, opt.epochs,
+                         opt.learning_rate, opt.lr_schedule, plugins)

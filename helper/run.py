@@ -21,7 +21,7 @@ from helper.logger import RunLog
 from helper.loops import run_step, train_epoch, validate
 from helper.run_folder import repair_after_kill, truncate_log
 from helper.util import (AverageMeter, accuracy, copy_atomic, load_checkpoint, lr_at_epoch, plain_options, save_atomic,
-                         set_lr, set_seed)
+                         set_lr, set_seed, write_text_atomic)
 
 log = logging.getLogger("kd")
 FP16_SKIP_LIMIT = 50  # consecutive steps with non-finite fp16 gradients before the run counts as diverged
@@ -53,6 +53,11 @@ def derived_seed(seed, *tags):
     """A 63-bit seed for the stream named by `tags` (e.g. epoch, "method", rank), independent of the others."""
     text = ":".join(str(t) for t in (seed,) + tags)
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
+
+
+def resume_path(opt, folder, arch):
+    """The checkpoint --resume names: this run's <arch>_last.pth for a bare --resume, else the path given."""
+    return os.path.join(folder, f"{arch}_last.pth") if opt.resume == "last" else opt.resume
 
 
 def read_resume_checkpoint(path, arch, opt, script, check=None):
@@ -389,10 +394,7 @@ class Trainee:
         if self.failed:
             results["error"] = self.failed
         results["protocol"] = self.protocol
-        tmp = os.path.join(self.folder, ".tmp-results.json")
-        with open(tmp, "w") as f:
-            json.dump(results, f, indent=2)
-        os.replace(tmp, os.path.join(self.folder, "results.json"))
+        write_text_atomic(os.path.join(self.folder, "results.json"), json.dumps(results, indent=2))
 
     def finish(self):
         """After the last epoch: results.json (a failed trainee wrote its own when it stopped)."""

@@ -20,7 +20,7 @@ import logging
 import os
 
 from helper.errors import UserError
-from helper.util import copy_atomic, load_checkpoint
+from helper.util import copy_atomic, load_checkpoint, write_text_atomic
 
 log = logging.getLogger("kd")
 
@@ -90,6 +90,15 @@ class RunFolder:
         handle.write(str(os.getpid()))
         handle.flush()
         self._lock = handle
+        return self
+
+    def claim(self, tb_folder, resume, overwrite):
+        """Lock the folder, check what an earlier run left there (resume, overwrite), remove stale temporaries and
+        make the TensorBoard folder; returns self. Writes nothing else."""
+        self.acquire()
+        self.check_start(resume, overwrite)
+        self.remove_temporaries()
+        make_folder(tb_folder, "TensorBoard folder", "--tb_path")
         return self
 
     def release(self):
@@ -169,7 +178,4 @@ def truncate_log(folder, last_epoch):
                 continue  # a line cut by a kill
             if record.get("kind") != "epoch" or record.get("step", 0) <= last_epoch:
                 kept.append(json.dumps(record))
-    tmp = os.path.join(folder, TEMP_PREFIX + "log.jsonl")
-    with open(tmp, "w") as f:
-        f.write("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))

@@ -119,10 +119,15 @@ def copy_atomic(src, path):
         _write_atomic(path, lambda f: shutil.copyfileobj(source, f))
 
 
+def write_text_atomic(path, text):
+    """Write `text` (UTF-8) the same atomic way: the file holds the old text or the new, never part of one."""
+    _write_atomic(path, lambda f: f.write(text.encode()))
+
+
 def _write_atomic(path, write):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".pth")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
