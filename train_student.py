@@ -16,7 +16,8 @@ from helper import fast
 from helper.assembly import load_teacher, probe_shapes, teacher_name_from_path  # noqa: F401  (the script's API)
 from helper.errors import UserError
 from helper.group import plan_runs, run_students
-from helper.options import add_training_args, apply_default_lr, explicit_dests, finish_training_args, run_cli
+from helper.options import (add_training_args, apply_default_lr, check_finite, explicit_dests, finish_training_args,
+                            run_cli)
 from helper.plugins import add_plugin_args
 from models import model_dict
 
@@ -82,6 +83,8 @@ def finish_options(opt):
         value = getattr(opt, flag)
         if not value > 0 or value == float("inf"):
             raise UserError(f"--{flag} must be a positive number, got {value}")
+    for flag in ("gamma", "alpha", "beta"):  # -r, -a, -b; unset ones come from the recipe
+        check_finite(opt, flag, 0)
     if opt.init_epochs < 0:
         raise UserError(f"--init_epochs must be >= 0, got {opt.init_epochs}")
     if not 0 < opt.percent <= 1:

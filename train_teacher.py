@@ -16,7 +16,8 @@ from helper.logger import RunLogger, attach_run_log, detach_run_log
 from helper.loops import LossStep, cross_entropy
 from helper.options import add_training_args, apply_default_lr, finish_training_args, run_cli
 from helper.protocol import run_protocol
-from helper.run import Trainee, fit, is_main_process, read_resume_checkpoint, resume_path, save_options
+from helper.run import (Trainee, fit, is_main_process, purge_step, read_resume_checkpoint, restore_state, resume_path,
+                        start_writing)
 from helper.run_folder import RunFolder, StartupLines
 from helper.util import set_seed
 from helper.weights import constant_weights
@@ -53,7 +54,8 @@ def main(argv=None):
 
 
 def train(opt, startup):
-    """Train the teacher of the options; returns its RunState."""
+    """Train the teacher of the options; returns its RunState. Every check (run folder, resume) comes before the
+    first write."""
     distributed.setup(opt)
     set_seed(opt.seed)
     data = build_loaders(opt)
@@ -62,28 +64,21 @@ def train(opt, startup):
     model = build_model(opt.model, data.num_classes).to(opt.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=opt.learning_rate, momentum=opt.momentum,
                                 weight_decay=opt.weight_decay)
+    scaler = fast.grad_scaler(opt)
     model, _ = fast.prepare_models(opt, model)
     log.info("%s from scratch: %d epochs, lr %g (%s); %s", opt.model, opt.epochs, opt.learning_rate,
              opt.lr_schedule, fast.describe(opt))
     folder = RunFolder(opt.save_folder)
-
-    def claim():
-        if is_main_process():
-            folder.claim(opt.tb_folder, bool(opt.resume), opt.overwrite)
-    distributed.together(claim)
     handler = None
     try:
-        ckpt = None
-        if opt.resume:
-            ckpt = read_resume_checkpoint(resume_path(opt, opt.save_folder, opt.model), opt.model, opt,
-                                          "train_teacher")
-        save_options(opt, opt.save_folder)
+        distributed.together(lambda: claim(folder, opt))
+        ckpt = read_resume(opt, model, optimizer, scaler)
         if is_main_process():
+            start_writing(folder, opt, ckpt)
             handler = attach_run_log(opt.save_folder)
             startup.copy_to(handler)
         startup.stop()
-        logger = RunLogger(opt.save_folder, opt.tb_folder, enabled=is_main_process(),
-                           purge_step=ckpt["epoch"] + 1 if ckpt else None)
+        logger = RunLogger(opt.save_folder, opt.tb_folder, enabled=is_main_process(), purge_step=purge_step(opt, ckpt))
 
         def compute(batch, teachers, ctx):
             logits = model(batch.images)
@@ -95,7 +90,7 @@ def train(opt, startup):
         trainee = Trainee(opt, arch=opt.model, num_classes=data.num_classes, model=model, optimizer=optimizer,
                           compute=compute, weights=constant_weights(cls=1.0), train_modules=[model],
                           folder=opt.save_folder, logger=logger, val_loader=data.val_loader,
-                          script="train_teacher", protocol=run_protocol(opt), scaler=fast.grad_scaler(opt))
+                          script="train_teacher", protocol=run_protocol(opt), scaler=scaler)
         if ckpt is not None:
             trainee.resume_from(ckpt)
         fit([trainee], data.train_loader, device=opt.device, seed=opt.seed, sampler=data.train_sampler,
@@ -114,6 +109,24 @@ def train(opt, startup):
     log.info("best accuracy: %.2f (epoch %d); checkpoints in %s", trainee.state.best_acc, trainee.state.best_epoch,
              opt.save_folder)
     return trainee.state
+
+
+def claim(folder, opt):
+    """Lock the run folder and check what an earlier run left there (rank 0); writes nothing but the lock and the
+    folders."""
+    if is_main_process():
+        folder.claim(opt.tb_folder, bool(opt.resume), opt.overwrite)
+
+
+def read_resume(opt, model, optimizer, scaler):
+    """The validated checkpoint --resume continues from (every rank reads it), restored into model, optimizer and
+    scaler; None when the run starts at epoch 1."""
+    path = resume_path(opt, opt.save_folder, opt.model) if opt.resume else None
+    if path is None:
+        return None
+    ckpt = read_resume_checkpoint(path, opt.save_folder, opt.model, opt, "train_teacher")
+    restore_state(ckpt, path, model, optimizer, scaler)
+    return ckpt
 
 
 if __name__ == "__main__":

@@ -47,6 +47,10 @@ class ContrastSampler:
         self.class_start = torch.cumsum(self.class_count, 0) - self.class_count  # [C]
         self.by_class = torch.argsort(labels, stable=True)  # [N] indices grouped by class
         pool_size = len(labels) - self.class_count  # [C]
+        if int(pool_size.min()) == 0:
+            raise UserError(f'contrastive distillation draws negatives from other classes, but the training set '
+                            f'({len(labels)} samples) holds a single class; train on at least two classes (--subset 2 '
+                            'or more)')
         self.negative_table = None
         if percent < 1:
             pool_size = torch.clamp((pool_size * percent).long(), min=1)

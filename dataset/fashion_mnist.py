@@ -2,9 +2,11 @@
 
 Looked up, in order: `<data_root>/fashion-mnist/`, `<data_root>/` itself, the Debian package's
 /usr/share/datasets/fashion-mnist (`apt-get install dataset-fashion-mnist`); else the four IDX
-files are downloaded into `<data_root>/fashion-mnist/` from torchvision's mirror.
+files are downloaded into `<data_root>/fashion-mnist/` from torchvision's mirror. A folder holding
+some of the four files but not all is refused (never skipped for the next); the log names the folder read.
 """
 import gzip
+import logging
 import math
 import os
 import zlib
@@ -14,6 +16,7 @@ from torchvision.datasets.utils import download_url
 
 from helper.errors import UserError
 
+log = logging.getLogger("kd")
 FASHION_MNIST_URL = 'http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/'
 DEBIAN_FOLDER = '/usr/share/datasets/fashion-mnist'
 FILES = {  # name -> md5 of the .gz on the mirror
@@ -39,6 +42,8 @@ def load_fashion_mnist(data_root, train):
     gray = read_idx(images_path)  # [N, 28, 28]
     labels = read_idx(labels_path).astype(np.int64)
     _check_split(images_path, gray, labels_path, labels)
+    if not train:  # the test split is read last: one line per run, once both splits are read
+        log.info('Fashion-MNIST read from %s', folder)
     padded = np.pad(gray, ((0, 0), (_PAD, _PAD), (_PAD, _PAD)))
     return np.ascontiguousarray(np.repeat(padded[..., None], 3, axis=3)), labels
 
@@ -48,6 +53,8 @@ def _check_split(images_path, gray, labels_path, labels):
         raise _broken(images_path, f'holds an array of shape {list(gray.shape)}, not images [N, 28, 28]')
     if labels.ndim != 1:
         raise _broken(labels_path, f'holds an array of shape {list(labels.shape)}, not labels [N]')
+    if len(gray) == 0:
+        raise _broken(images_path, 'holds no images')
     if len(labels) != len(gray):
         raise _broken(labels_path, f'holds {len(labels)} labels for {len(gray)} images')
     if len(labels) and labels.max() >= NUM_CLASSES:
@@ -55,11 +62,16 @@ def _check_split(images_path, gray, labels_path, labels):
 
 
 def find_fashion_mnist(data_root):
-    """First folder holding the four IDX files (.gz or raw); downloads when none does."""
+    """First folder holding the four IDX files (.gz or raw); downloads when none does. A folder holding some of
+    them but not all is a UserError naming the missing ones."""
     candidates = [os.path.join(data_root, 'fashion-mnist'), data_root, DEBIAN_FOLDER]
     for folder in candidates:
-        if all(_file_in(folder, name) for name in FILES):
+        missing = [name for name in FILES if not _file_in(folder, name)]
+        if not missing:
             return folder
+        if len(missing) < len(FILES):
+            raise UserError(f"Fashion-MNIST folder {folder} is incomplete: {', '.join(missing)} (.gz or raw) "
+                            'missing; copy them there, or move the folder away to read or download a complete copy')
     target = candidates[0]
     try:
         for name, md5 in FILES.items():

@@ -21,7 +21,8 @@ from helper.logger import RunLogger, attach_run_log
 from helper.loops import LossStep, cross_entropy, forward_model, validate
 from helper.plugins import build_plugins, check_plugins, enabled_plugins
 from helper.protocol import run_protocol
-from helper.run import InitTrainee, Trainee, read_resume_checkpoint, resume_path, save_options
+from helper.run import (InitTrainee, Trainee, count_samples, purge_step, read_resume_checkpoint, restore_state,
+                        resume_path, start_writing)
 from helper.run_folder import RunFolder
 from helper.util import extract_state_dict, load_checkpoint, load_weights, set_seed
 from helper.weights import TermWeights, constant_weights
@@ -39,20 +40,47 @@ def teacher_name_from_path(path):
     return segments[0]
 
 
-def load_teacher(path, num_classes, device):
-    """Build the teacher named in the checkpoint (or its folder), load it strictly, freeze it -> (teacher, arch)."""
-    ckpt = load_checkpoint(path)
+def teacher_arch(ckpt, path):
+    """The architecture a teacher checkpoint records, or its folder's prefix when it records none."""
     arch = ckpt.get("arch") if isinstance(ckpt, dict) else None
     if arch is None:
         arch = teacher_name_from_path(path)
         if arch not in model_dict:
             raise UserError(f"--path_t {path}: no 'arch' in the checkpoint and folder prefix {arch!r} is not a "
                             "model name; put it under save/models/<arch>_vanilla/")
+    elif not isinstance(arch, str) or arch not in model_dict:
+        raise UserError(f"--path_t {path} records arch {arch!r}, which is not a model name of this repository; "
+                        "pass a checkpoint written by train_teacher.py or fix its 'arch' entry")
+    return arch
+
+
+def check_teacher_classes(ckpt, path, num_classes):
+    """The class count a teacher checkpoint records (when it records one) must be the dataset's, as an integer."""
     ckpt_classes = ckpt.get("num_classes", num_classes) if isinstance(ckpt, dict) else num_classes
+    if not isinstance(ckpt_classes, int) or isinstance(ckpt_classes, bool):
+        raise UserError(f"--path_t {path} records num_classes {ckpt_classes!r}, not an integer; pass a checkpoint "
+                        "written by train_teacher.py or fix its 'num_classes' entry")
     if ckpt_classes != num_classes:
         raise UserError(f"--path_t {path} has {ckpt_classes} classes but --dataset has {num_classes}")
+
+
+def check_finite_weights(state_dict, path):
+    """A teacher whose weights hold NaN or inf would only show up as a non-finite loss an epoch later."""
+    for key, value in state_dict.items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise UserError(f"--path_t {path}: {key} holds NaN or inf values (the teacher diverged or the file is "
+                            "damaged); pass a checkpoint of a healthy teacher, e.g. its <arch>_best.pth")
+
+
+def load_teacher(path, num_classes, device):
+    """Build the teacher named in the checkpoint (or its folder), load it strictly, freeze it -> (teacher, arch)."""
+    ckpt = load_checkpoint(path)
+    arch = teacher_arch(ckpt, path)
+    check_teacher_classes(ckpt, path, num_classes)
     teacher = build_model(arch, num_classes)
-    load_weights(teacher, extract_state_dict(ckpt), path, arch)
+    state_dict = extract_state_dict(ckpt)
+    load_weights(teacher, state_dict, path, arch)
+    check_finite_weights(state_dict, path)
     teacher.eval()
     for param in teacher.parameters():
         param.requires_grad_(False)
@@ -88,9 +116,22 @@ def build_shared(opt, methods):
     needs = [get_distiller_class(m).needs for m in methods]
     data = build_loaders(opt, with_index=any(n.index or n.contrast_index for n in needs),
                          strong_view=any(n.strong_view for n in needs))
+    check_full_batches(opt, data, methods)
     teacher, arch = load_teacher(opt.path_t, data.num_classes, opt.device)
     check_input_size(arch, data)
     return Shared(data=data, teacher=teacher, teacher_arch=arch, teacher_sha256=file_sha256(opt.path_t))
+
+
+def check_full_batches(opt, data, methods):
+    """A method that skips partial batches (Needs.full_batches) would train no step without one full batch."""
+    n = count_samples(data.train_loader, opt.batch_size)
+    if n >= opt.batch_size:
+        return
+    for method in methods:
+        if get_distiller_class(method).needs.full_batches:
+            raise UserError(f"--distill {method} trains on full batches only, but the {n} training images per process "
+                            f"fill no batch of --batch_size {opt.batch_size}; use more images (--subset) or a "
+                            "smaller --batch_size")
 
 
 def describe_data(opt, data):
@@ -98,6 +139,9 @@ def describe_data(opt, data):
     device = torch.device(opt.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     log.info("device %s (%s); %d process(es)", device, name, opt.world_size)
+    if fast.amp_dtype(opt) is torch.float16 and device.type == "cpu":
+        log.warning("--amp fp16 on the CPU runs about 18x slower than float32 (the CPU has no fast float16 "
+                    "kernels); use --amp bf16 or --amp none")
     log.info("data %s: %d training / %d test images, %dpx, %d classes; loader %s", opt.dataset, data.n_data,
              data.n_val, data.input_size, data.num_classes, data.loader)
     log.info("global batch %d (%d x --batch_size %d); %d steps per epoch", opt.batch_size * opt.world_size,
@@ -245,36 +289,33 @@ def claim_folder(s):
 
 
 def read_resume(s, shared, allow_fresh=False):
-    """The validated checkpoint to resume from (every rank reads it), or None."""
+    """The validated checkpoint to resume from (every rank reads it), restored into the student, its method and
+    plug-ins before anything is written; None when the student starts at epoch 1 (allow_fresh: see resume_path)."""
     opt = s.opt
-    if not opt.resume:
+    path = resume_path(opt, s.folder, opt.model_s, allow_fresh) if opt.resume else None
+    if path is None:
         return None
-    path = resume_path(opt, s.folder, opt.model_s)
-    if opt.resume == "last" and not os.path.isfile(path):
-        if allow_fresh and not os.path.exists(os.path.join(s.folder, "log.jsonl")):
-            log.warning("--resume: nothing to resume in %s; this student starts at epoch 1", s.folder)
-            return None
-        raise UserError(f"--resume: no checkpoint {path} to resume from; run without --resume to start it")
-    return read_resume_checkpoint(path, opt.model_s, opt, "train_student", check_resumable(s, shared))
+    ckpt = read_resume_checkpoint(path, s.folder, opt.model_s, opt, "train_student", check_resumable(s, shared))
+    restore_state(ckpt, path, s.student, s.optimizer, s.scaler, lambda c: restore_method_state(c, s))
+    return ckpt
 
 
 def open_student(s, shared, val_loader, startup=None):
-    """Write the run's options, start its logs (train.log begins with the process's `startup` lines), and build its
-    Trainee (and its init stage's, when it has one)."""
+    """Once every student is checked: clean its run folder, write the run's options, start its logs (train.log begins
+    with the process's `startup` lines), and build its Trainee (and its init stage's, when it has one)."""
     opt = s.opt
     main_process = distributed.is_main_process()
-    save_options(opt, s.folder)
+    ckpt = s.resume_ckpt
     if main_process:
+        start_writing(s.run_folder, opt, ckpt)
         s.log_handler = attach_run_log(s.folder, s.label)
         if startup is not None:
             startup.copy_to(s.log_handler)
-    ckpt = s.resume_ckpt
-    purge = ckpt["epoch"] + 1 if ckpt is not None else None
-    logger = RunLogger(s.folder, s.tb_folder, enabled=main_process, purge_step=purge)
+    logger = RunLogger(s.folder, s.tb_folder, enabled=main_process, purge_step=purge_step(opt, ckpt))
     s.trainee = student_trainee(s, shared, folder=s.folder, logger=logger, val_loader=val_loader,
                                 protocol=run_protocol(opt, shared))
     if ckpt is not None:
-        s.trainee.resume_from(ckpt, restore_extra=lambda c: restore_method_state(c, s))
+        s.trainee.resume_from(ckpt)
     elif s.distiller.needs.init_stage and opt.init_epochs > 0:
         s.init_trainee = build_init_trainee(s, shared, logger)
     return s

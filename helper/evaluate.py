@@ -27,6 +27,7 @@ from helper.assembly import probe_shapes, teacher_name_from_path
 from helper.errors import UserError
 from helper.loops import validate
 from helper.options import run_cli
+from helper.table import write_output
 from helper.util import extract_state_dict, load_weights, resolve_device
 from models import build_model, input_size, model_dict
 
@@ -96,6 +97,27 @@ def recorded(ckpt, key):
     return ckpt.get(key) if isinstance(ckpt, dict) else None
 
 
+def is_positive_int(value):
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+# What the recorded fields this command reads must be (absent or None: not recorded): what a damaged or foreign
+# file holds there instead is one line naming the field.
+RECORDED_FIELDS = {"arch": (lambda v: isinstance(v, str) and v in model_dict, "a model name"),
+                   "dataset": (lambda v: isinstance(v, str), "a dataset name"),
+                   "eval_head": (lambda v: isinstance(v, str), "a method name"),
+                   "num_classes": (is_positive_int, "a positive integer"),
+                   "opt": (lambda v: isinstance(v, dict), "an object (the run's options)")}
+
+
+def check_recorded_fields(ckpt, path):
+    """One-line errors for recorded fields that are not what RECORDED_FIELDS says."""
+    for key, (valid, what) in RECORDED_FIELDS.items():
+        value = recorded(ckpt, key)
+        if value is not None and not valid(value):
+            raise UserError(f"{path}: the checkpoint's {key} field is {value!r}, not {what}")
+
+
 def resolve_arch(ckpt, path, flag):
     """The architecture: the checkpoint's, else --arch, else the run folder's prefix (RepDistiller's layout)."""
     saved = recorded(ckpt, "arch")
@@ -145,7 +167,7 @@ def resolve_classes(ckpt, state_dict, arch, flag, path):
     """Classes of the network: the checkpoint's, else its classifier's rows, else --num_classes (or None)."""
     saved = recorded(ckpt, "num_classes")
     if saved is not None:
-        fact = Fact(int(saved), "checkpoint")
+        fact = Fact(saved, "checkpoint")
     else:
         key = classifier_key(build_model(arch, 1))
         if key in state_dict and state_dict[key].dim() == 2:
@@ -188,7 +210,8 @@ def head_network(ckpt, student, data, device, path):
     name = ckpt["eval_head"]
     method = get_distiller_class(name)
     teacher_arch = recorded(ckpt, "teacher_arch")
-    if teacher_arch not in model_dict or not isinstance(recorded(ckpt, "distiller"), dict):
+    if not isinstance(teacher_arch, str) or teacher_arch not in model_dict or \
+            not isinstance(recorded(ckpt, "distiller"), dict):
         raise UserError(f"{path} records the evaluation head {name!r} but not its teacher_arch and distiller "
                         "state; evaluate the bare network with --no_head")
     teacher = build_model(teacher_arch, data.num_classes).to(device).eval()
@@ -276,6 +299,7 @@ def evaluate(args):
     """Evaluate args.checkpoint -> the result as a dict (the --json line); writes the CSVs asked for."""
     path = args.checkpoint
     ckpt = read_checkpoint(path)
+    check_recorded_fields(ckpt, path)
     try:
         state_dict = extract_state_dict(ckpt)
     except UserError as e:
@@ -298,9 +322,9 @@ def evaluate(args):
     network, head = evaluation_network(ckpt, network.to(device).eval(), data, device, path, args.no_head)
     top1, top5, loss, confusion = measure(network, data, opt)
     if args.per_class:
-        write_per_class(args.per_class, confusion)
+        write_output(args.per_class, "--per_class", lambda out: write_per_class(out, confusion))
     if args.confusion:
-        write_confusion(args.confusion, confusion)
+        write_output(args.confusion, "--confusion", lambda out: write_confusion(out, confusion))
     return {"file": path, "arch": arch.value, "arch_source": arch.source, "dataset": dataset.value,
             "dataset_source": dataset.source, "num_classes": classes.value, "classes_source": classes.source,
             "head": ckpt["eval_head"] if use_head else None, "head_description": head,

@@ -44,20 +44,33 @@ def read_plan(path):
     if not os.path.isfile(path):
         raise UserError(f"--plan {path} does not exist; give a file with one line of flags per student")
     lines = []
-    with open(path) as f:
-        for number, text in enumerate(f, 1):
-            text = text.split("#", 1)[0].strip().rstrip("\\").strip()
-            if text.startswith("python train_student.py"):
-                text = text[len("python train_student.py"):]
-            try:
-                tokens = shlex.split(text)
-            except ValueError as e:
-                raise UserError(f"--plan {path} line {number}: {e}") from None
-            if tokens:
-                lines.append((number, [t for t in tokens if t != '"$@"' and t != "$@"]))
+    try:
+        with open(path, "rb") as f:
+            raw_lines = f.read().splitlines()  # \n, \r\n or \r, as text mode reads them
+    except OSError as e:
+        raise UserError(f"--plan {path} cannot be read ({e.strerror}); give a readable file") from None
+    for number, raw in enumerate(raw_lines, 1):
+        text = plan_line_text(path, number, raw).split("#", 1)[0].strip().rstrip("\\").strip()
+        if text.startswith("python train_student.py"):
+            text = text[len("python train_student.py"):]
+        try:
+            tokens = shlex.split(text)
+        except ValueError as e:
+            raise UserError(f"--plan {path} line {number}: {e}") from None
+        if tokens:
+            lines.append((number, [t for t in tokens if t != '"$@"' and t != "$@"]))
     if not lines:
         raise UserError(f"--plan {path} holds no line of flags")
     return lines
+
+
+def plan_line_text(path, number, raw):
+    """Line `number` (bytes) of a plan file as text; one line naming it when it is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"--plan {path} line {number} is not UTF-8 text; a plan is a text file with one line of "
+                        "flags per student") from None
 
 
 def plan_runs(argv, parse, explicit_dests):
@@ -67,6 +80,9 @@ def plan_runs(argv, parse, explicit_dests):
     variants = []
     if base.plan:
         for number, tokens in read_plan(base.plan):
+            if "plan" in explicit_dests(tokens):
+                raise UserError(f"--plan {base.plan} line {number} holds --plan, which a plan line cannot use; copy "
+                                "that file's lines into this one")
             variants.append((f"line {number} of {base.plan}", argv + tokens))
     else:
         methods = [m.strip() for m in base.distill.split(",") if m.strip()]

@@ -157,6 +157,6 @@ def validate(val_loader, model, criterion, opt):
 
 
 def cross_entropy(logits, targets):
-    """Classification term, computed in float32 whatever the autocast dtype."""
-    return F.cross_entropy(logits.float(), targets)
+    """Classification term, computed in float32 at least whatever the autocast dtype (float64 stays float64)."""
+    return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), targets)
 

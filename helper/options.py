@@ -1,18 +1,22 @@
 """Flags shared by train_teacher.py and train_student.py (RepDistiller's names and defaults)."""
 import argparse
+import errno
 import logging
 import math
 import re
+import shlex
 import sys
 import zlib
 
 from helper import distributed
 from helper.errors import NonFiniteLossError, UserError
 from helper.logger import setup_console_logging
+from helper.run import Interrupted
 from helper.util import parse_decay_epochs, resolve_device
 
 log = logging.getLogger("kd")
 SLOW_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")  # RepDistiller trains these with lr 0.01
+MAX_SEED = 2 ** 32 - 1  # numpy's legacy seed range is 0..2**32-1
 
 
 def add_training_args(parser):
@@ -93,9 +97,29 @@ def check_finite(opt, name, low=None, strict=False):
         raise UserError(f"--{name} must be a finite number{bound}, got {value}")
 
 
+def check_decay_epochs(opt):
+    """--lr_decay_epochs as a list of positive epochs (1-based)."""
+    epochs = parse_decay_epochs(opt.lr_decay_epochs)
+    if any(e <= 0 for e in epochs):
+        raise UserError(f"--lr_decay_epochs must list positive epochs (1-based), got {opt.lr_decay_epochs!r}")
+    return epochs
+
+
+def finish_seed(opt):
+    """--seed, or the seed of --trial, checked against the range every RNG it feeds accepts (numpy's is the
+    narrowest: 0..2**32-1; python's random and torch take any of those)."""
+    given = opt.seed is not None
+    if not given:
+        opt.seed = seed_of_trial(str(opt.trial))
+    if not 0 <= opt.seed <= MAX_SEED:
+        source = f"--seed {opt.seed} is" if given else f"--trial {opt.trial} implies seed {opt.seed},"
+        raise UserError(f"{source} outside 0..{MAX_SEED}, the range that numpy's, python's and torch's random "
+                        "generators all accept; pass a --seed in that range")
+
+
 def finish_training_args(opt):
     """Validate and derive fields shared by both scripts (device, decay epochs, seed)."""
-    opt.lr_decay_epochs = parse_decay_epochs(opt.lr_decay_epochs)
+    opt.lr_decay_epochs = check_decay_epochs(opt)
     for name in ("batch_size", "epochs", "save_freq", "print_freq"):
         if getattr(opt, name) <= 0:
             raise UserError(f"--{name} must be positive, got {getattr(opt, name)}")
@@ -110,8 +134,7 @@ def finish_training_args(opt):
     if not re.fullmatch(r"[A-Za-z0-9._-]+", str(opt.trial)) or str(opt.trial) in (".", ".."):
         raise UserError(f"--trial {opt.trial!r} must be a plain name (letters, digits, '.', '_', '-'): it is part of "
                         "the run folder's name")
-    if opt.seed is None:
-        opt.seed = seed_of_trial(str(opt.trial))
+    finish_seed(opt)
     opt.distributed, opt.rank, opt.world_size = False, 0, 1  # helper.distributed.setup sets them under torchrun
     if opt.no_progress is None:
         opt.no_progress = not sys.stderr.isatty() or None
@@ -130,7 +153,8 @@ def apply_default_lr(opt, model_name, logger=log):
 
 
 def run_cli(main):
-    """Run `main()`; user mistakes become one `error:` line (exit 2), a NaN loss one line (exit 1).
+    """Run `main()`; user mistakes and a full disk become one `error:` line (exit 2), a NaN loss one line (exit 1),
+    Ctrl-C one line saying what is kept and how to continue (exit 130).
 
     Under torchrun the process group is left at the end (after a barrier when main() succeeded).
     """
@@ -138,13 +162,39 @@ def run_cli(main):
     try:
         main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        distributed.cleanup(wait=False)
-        sys.exit(2)
+        stop(f"error: {e}", 2)
     except NonFiniteLossError as e:
-        if not getattr(e, "logged", False):
-            print(f"error: {e}", file=sys.stderr)
-        distributed.cleanup(wait=False)
-        sys.exit(1)
+        stop(None if getattr(e, "logged", False) else f"error: {e}", 1)
+    except Interrupted as e:
+        stop(f"error: interrupted (Ctrl-C); {e}; continue with: {resume_command(sys.argv)}", 130)
+    except KeyboardInterrupt:
+        stop("error: interrupted (Ctrl-C); no training epoch was in progress, so nothing is lost: rerun the command",
+             130)
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        stop(f"error: no space left on the disk ({e.filename or e.strerror}); free some space, then rerun the "
+             "command (with --resume if its run folder holds a checkpoint)", 2)
     distributed.cleanup()
+
+
+def stop(line, code):
+    """Print the one `error:` line (unless already logged), leave the process group, exit with `code`."""
+    if line is not None:
+        print(line, file=sys.stderr)
+    distributed.cleanup(wait=False)
+    sys.exit(code)
+
+
+def resume_command(argv):
+    """`python <script> <args> --resume`: this command line continuing from its run's last checkpoint (a
+    `--resume PATH` given becomes a bare --resume)."""
+    args, rest = [], list(argv[1:])
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--resume" and rest and not rest[0].startswith("-"):
+            rest.pop(0)
+        elif arg != "--resume" and not arg.startswith("--resume="):
+            args.append(arg)
+    return shlex.join(["python", argv[0], *args, "--resume"])
 

@@ -3,9 +3,12 @@
 Panels: test top-1 per epoch of every run; training loss per epoch of every run; each run's loss terms
 (`train_loss_<term>`, log scale when all are positive); for CTKD runs (temp_mean in log.jsonl) the temperature's
 mean ± std over the epoch and the gradient-reversal lambda on a twin axis. `plot_runs([folder], folder/curves.png)`
-is what a run's `--plot` calls at its end.
+is what a run's `--plot` calls at its end. Damaged log.jsonl lines (not JSON, or a value that is not a finite number)
+are skipped, never plotted, with one warning per run; a folder with no usable epoch is skipped with one line, an error
+when no run is left.
 """
 import argparse
+import logging
 import math
 import os
 
@@ -16,21 +19,45 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from helper.errors import UserError  # noqa: E402
-from helper.table import epoch_records  # noqa: E402
+from helper.table import DamagedFile, no_usable_run, read_log, write_output  # noqa: E402
 
 PANEL_SIZE = (6.4, 3.6)  # inches per panel
+log = logging.getLogger("kd")
 
 
 def read_curves(folder):
-    """The epoch records of a run folder; one-line errors for a folder that does not exist or holds no epoch."""
+    """The usable epoch records of a run folder (damaged lines skipped, said in one warning); one-line errors for a
+    folder that does not exist or holds no usable epoch."""
     if not os.path.isdir(folder):
         raise UserError(f"{folder} does not exist" if not os.path.exists(folder) else f"{folder} is not a folder")
     if not os.path.isfile(os.path.join(folder, "log.jsonl")):
         raise UserError(f"{folder} holds no run (no log.jsonl)")
-    records = epoch_records(folder)
+    try:
+        records, damaged = read_log(folder)
+    except DamagedFile as e:
+        raise UserError(f"{folder}: {e}") from None
     if not records:
-        raise UserError(f"{folder}: log.jsonl holds no epoch yet")
+        raise UserError(f"{folder}: {damaged}; no epoch left to plot" if damaged else
+                        f"{folder}: log.jsonl holds no epoch yet")
+    if damaged:
+        log.warning("%s: %s", folder, damaged)
     return records
+
+
+def read_runs(folders):
+    """(folder, records) of every folder with epochs to plot; the others are skipped with one line each, and a
+    UserError when none is left."""
+    runs, problems = [], []
+    for folder in folders:
+        try:
+            runs.append((folder, read_curves(folder)))
+        except UserError as e:
+            problems.append(str(e))
+    if not runs:
+        raise no_usable_run(problems, "can be plotted")
+    for problem in problems:
+        log.warning("skipped %s", problem)
+    return runs
 
 
 def short_labels(folders):
@@ -68,12 +95,12 @@ def plot_all_runs(ax, runs, key, title, ylabel):
 
 
 def plot_terms(ax, label, records):
-    """Each loss term of one run; log scale when every finite value is positive."""
+    """Each loss term of one run; log scale when every value is positive."""
     values = []
     for key in loss_terms(records):
         epochs, ys = series(records, key)
         ax.plot(epochs, ys, marker=".", label=key[len("train_loss_"):])
-        values += [y for y in ys if math.isfinite(y)]
+        values += ys
     if values and min(values) > 0:
         ax.set_yscale("log")
     ax.set_title(f"loss terms: {label}", fontsize="medium")
@@ -108,7 +135,8 @@ def draw_runs(folders):
     folders = list(folders)
     if not folders:
         raise UserError("no run folder to plot")
-    runs = list(zip(short_labels(folders), [read_curves(f) for f in folders]))
+    plotted = read_runs(folders)
+    runs = list(zip(short_labels([folder for folder, _ in plotted]), [records for _, records in plotted]))
     panels = [lambda ax: plot_all_runs(ax, runs, "test_acc", "test top-1", "top-1 (%)"),
               lambda ax: plot_all_runs(ax, runs, "train_loss", "training loss", "loss (epoch mean)")]
     for label, records in runs:
@@ -129,22 +157,21 @@ def draw_runs(folders):
     return fig
 
 
-def plot_runs(folders, out_path):
-    """Draw the curves of the run folders `folders` into the PNG `out_path`; returns out_path."""
+def plot_runs(folders, out_path, flag="--out"):
+    """Draw the curves of the run folders `folders` into the PNG `out_path` (`flag` names it in errors); returns
+    out_path."""
     fig = draw_runs(folders)
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     try:
-        fig.savefig(out_path, format="png", dpi=100)
+        return write_output(out_path, flag, lambda path: fig.savefig(path, format="png", dpi=100))
     finally:
         plt.close(fig)
-    return out_path
 
 
 def plot_each_run(folders, logger=None):
     """--plot at the end of a run: <folder>/curves.png for every folder that logged an epoch (one line each)."""
     for folder in folders:
         try:
-            path = plot_runs([folder], os.path.join(folder, "curves.png"))
+            path = plot_runs([folder], os.path.join(folder, "curves.png"), "--plot")
         except UserError as e:
             if logger is not None:
                 logger.warning("--plot: %s", e)

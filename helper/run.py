@@ -1,12 +1,15 @@
 """Training runs: a `Trainee` is one network trained by the shared loop (a teacher, a student, or a student's init
 stage), with its own optimizer, weights, random streams, checkpoints and logs; `fit` runs several trainees over one
 data stream (a group of students sharing one teacher pass; a single run is a group of one)."""
+import argparse
 import contextlib
+import errno
 import hashlib
 import json
 import logging
 import math
 import os
+import reprlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -19,12 +22,18 @@ from helper.distributed import is_main_process
 from helper.errors import NonFiniteLossError, UserError
 from helper.logger import RunLog
 from helper.loops import run_step, train_epoch, validate
-from helper.run_folder import repair_after_kill, truncate_log
+from helper.protocol import NOT_PROTOCOL
+from helper.run_folder import (discard_unsaved_epochs, repair_after_kill, resumable_checkpoints, saved_epoch,
+                               started_without_checkpoint, truncate_log)
 from helper.util import (AverageMeter, accuracy, copy_atomic, load_checkpoint, lr_at_epoch, plain_options, save_atomic,
                          set_lr, set_seed, write_text_atomic)
 
 log = logging.getLogger("kd")
 FP16_SKIP_LIMIT = 50  # consecutive steps with non-finite fp16 gradients before the run counts as diverged
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; its message says which checkpoints are kept (helper.options.run_cli prints it)."""
 
 
 @dataclass
@@ -36,11 +45,22 @@ class RunState:
     last_saved_epoch: int = 0
 
 
-def save_options(opt, folder):
-    """The full options as JSON next to the checkpoints."""
-    if is_main_process():
-        with open(os.path.join(folder, "options.json"), "w") as f:
-            json.dump(plain_options(opt), f, indent=2, sort_keys=True)
+def start_writing(run_folder, opt, ckpt):
+    """The first writes of a run (main process), once every check has passed: stale temporaries removed, the epochs
+    of a run that --resume starts over dropped, the full options as JSON next to the checkpoints."""
+    run_folder.remove_temporaries()
+    if opt.resume and ckpt is None:
+        discard_unsaved_epochs(run_folder.path)
+    write_text_atomic(os.path.join(run_folder.path, "options.json"),
+                      json.dumps(plain_options(opt), indent=2, sort_keys=True))
+
+
+def purge_step(opt, ckpt):
+    """The first epoch TensorBoard writes again: the one after the resumed checkpoint's, or 1 when --resume starts
+    the run over (None for a new run)."""
+    if ckpt is not None:
+        return ckpt["epoch"] + 1
+    return 1 if opt.resume else None
 
 
 def unwrap(model):
@@ -55,16 +75,34 @@ def derived_seed(seed, *tags):
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") >> 1
 
 
-def resume_path(opt, folder, arch):
-    """The checkpoint --resume names: this run's <arch>_last.pth for a bare --resume, else the path given."""
-    return os.path.join(folder, f"{arch}_last.pth") if opt.resume == "last" else opt.resume
+def resume_path(opt, folder, arch, allow_fresh=False):
+    """The checkpoint --resume names: the path given, or this run's <arch>_last.pth for a bare --resume.
+
+    None when a bare --resume has nothing to continue and nothing can be lost: the run in `folder` stopped before its
+    first checkpoint (or, with `allow_fresh`, a group's student never started); it then starts at epoch 1, said so.
+    """
+    if opt.resume != "last":
+        return opt.resume
+    path = os.path.join(folder, f"{arch}_last.pth")
+    if os.path.exists(path):
+        return path
+    others = [os.path.basename(p) for p in resumable_checkpoints(folder)]
+    if others:
+        raise UserError(f"--resume: {folder} holds no {arch}_last.pth but {', '.join(others)}; resume from one of "
+                        "them with --resume PATH")
+    if not (allow_fresh or started_without_checkpoint(folder)):
+        raise UserError(f"--resume: no checkpoint {path} to resume from; run without --resume to start it")
+    log.warning("--resume: %s holds no checkpoint yet; starting at epoch 1 (nothing to lose)", folder)
+    return None
 
 
-def read_resume_checkpoint(path, arch, opt, script, check=None):
-    """Load and validate a checkpoint to resume from, before anything is written (one-line UserErrors).
+def read_resume_checkpoint(path, folder, arch, opt, script, check=None):
+    """Load and validate a checkpoint to resume into the run folder `folder`, before anything is written (one-line
+    UserErrors).
 
-    It must hold `arch`, have been written by `script` (train_teacher / train_student), keep the global batch
-    (check_global_batch), and pass `check(ckpt)` (e.g. the same --distill and teacher).
+    It must hold `arch`, have been written by `script` (train_teacher / train_student), hold whole counters, keep the
+    global batch (check_global_batch), pass `check(ckpt)` (e.g. the same --distill and teacher), keep the flags that
+    define the run (check_same_run) and leave no later epoch behind (check_epochs).
     """
     ckpt = load_checkpoint(path)
     if not isinstance(ckpt, dict) or "model" not in ckpt:
@@ -77,10 +115,109 @@ def read_resume_checkpoint(path, arch, opt, script, check=None):
         raise UserError(f"--resume {path} holds a {ckpt.get('arch')!r} model but this run trains {arch!r}")
     if "optimizer" not in ckpt or "epoch" not in ckpt:
         raise UserError(f"--resume {path} has no optimizer state/epoch (is it a *_last.pth or ckpt_epoch_N.pth?)")
+    check_counters(ckpt, path)
     check_global_batch(ckpt.get("opt", {}), opt, path)
     if check is not None:
         check(ckpt)
+    check_same_run(ckpt.get("opt", {}), opt, path)
+    check_trained_learning_rates(ckpt, opt, path)
+    check_epochs(ckpt, path, folder, arch, opt)
     return ckpt
+
+
+def is_whole(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_counters(ckpt, path):
+    """The counters a resume continues from must be whole; otherwise the checkpoint is damaged (one line)."""
+    epoch, best_epoch, best_acc = ckpt["epoch"], ckpt.get("best_epoch", 0), ckpt.get("best_acc", 0.0)
+    good_epoch = is_whole(epoch) and epoch >= 1
+    fields = [("epoch", good_epoch, "a whole number >= 1"),
+              ("best_epoch", good_epoch and is_whole(best_epoch) and 0 <= best_epoch <= epoch,
+               "a whole number up to its epoch"),
+              ("best_acc", isinstance(best_acc, (int, float)) and not isinstance(best_acc, bool), "a number"),
+              ("opt", isinstance(ckpt.get("opt", {}), dict), "the run's options")]
+    for key, good, expected in fields:
+        if not good:
+            raise UserError(f"--resume {path} is damaged: its {key!r} is {reprlib.repr(ckpt.get(key))}, not "
+                            f"{expected}; resume from another checkpoint of the run (e.g. a ckpt_epoch_N.pth), or "
+                            "start over with --overwrite instead of --resume")
+
+
+def run_defining_flags(options):
+    """The flags that define a run: those results.json records as its protocol, and the seed. The global batch has
+    its own check (check_global_batch), and --epochs may change as long as the trained epochs keep their learning
+    rates (check_trained_learning_rates)."""
+    free = (NOT_PROTOCOL - {"seed"}) | {"batch_size", "epochs"}
+    return {name: value for name, value in options.items() if name not in free}
+
+
+def check_trained_learning_rates(ckpt, opt, path):
+    """Another --epochs on resume must leave the learning rate of every epoch already trained as it was: under
+    --lr_schedule cosine, --epochs sets every epoch's lr."""
+    saved_epochs = ckpt.get("opt", {}).get("epochs")
+    if not isinstance(saved_epochs, int) or saved_epochs == opt.epochs:
+        return
+    trained_with = argparse.Namespace(**{**vars(opt), "epochs": saved_epochs})
+    changed = [e for e in range(1, ckpt["epoch"] + 1) if lr_at_epoch(e, trained_with) != lr_at_epoch(e, opt)]
+    if changed:
+        raise UserError(f"--resume {path} was trained with --epochs {saved_epochs}, but this run has --epochs "
+                        f"{opt.epochs}, which changes the learning rate of its trained epoch {changed[0]} (under "
+                        f"--lr_schedule {opt.lr_schedule}, --epochs sets every epoch's lr); resume with --epochs "
+                        f"{saved_epochs}, or start a new run with another --trial")
+
+
+def flag_text(name, value):
+    """--name value, as on a command line ('no --name' for an unset switch)."""
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"no --{name}"
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    return f"--{name} {value}"
+
+
+def check_same_run(saved, opt, path):
+    """Refuse to resume with other values of the flags that define the run than the checkpoint's options `saved`
+    (results.json would record the new values as if the whole run had used them)."""
+    before, now = run_defining_flags(saved), run_defining_flags(plain_options(opt))
+    changed = [name for name in sorted(before.keys() & now.keys()) if before[name] != now[name]]
+    if not changed:
+        return
+    raise UserError(f"--resume {path} was trained with {' '.join(flag_text(n, before[n]) for n in changed)}, but this "
+                    f"run has {' '.join(flag_text(n, now[n]) for n in changed)}; resume with the flags it was "
+                    "trained with, or start a new run with another --trial")
+
+
+def check_epochs(ckpt, path, folder, arch, opt):
+    """A resume must end no earlier than the checkpoint's epoch, nor than the epoch the folder's <arch>_last.pth
+    already holds: a run ending before it would leave checkpoints later than the epochs results.json reports."""
+    epoch = ckpt["epoch"]
+    if epoch > opt.epochs:
+        raise UserError(f"--resume {path} is at epoch {epoch}, beyond --epochs {opt.epochs}; pass --epochs {epoch} "
+                        "or more to continue it, or resume from a checkpoint of an earlier epoch")
+    last = os.path.join(folder, f"{arch}_last.pth")
+    reached = None if os.path.abspath(path) == os.path.abspath(last) else saved_epoch(last)
+    if reached is not None and reached > opt.epochs:
+        raise UserError(f"--resume {path} (epoch {epoch}) with --epochs {opt.epochs} would end the run before epoch "
+                        f"{reached}, which {last} already holds; pass --epochs {reached} or more to replay up to it, "
+                        "or pick another folder with --trial")
+
+
+def restore_state(ckpt, path, model, optimizer, scaler=None, restore_extra=None):
+    """Put back weights, optimizer, fp16 scaler and `restore_extra(ckpt)` (method state) from a validated
+    checkpoint, before anything is written; a part that does not fit this run is one line."""
+    try:
+        unwrap(model).load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scaler is not None and "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
+        if restore_extra is not None:
+            restore_extra(ckpt)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        reason = " ".join(str(e).split())
+        raise UserError(f"--resume {path} does not fit this run ({reason[:300]}); resume with the flags it was "
+                        "trained with") from None
 
 
 def check_global_batch(saved, opt, path):
@@ -293,14 +430,16 @@ class Trainee:
         self.log.info("epoch %d [%d/%d] loss %.4f (%s)%s | %.0f img/s", self.epoch, iteration, self.loader_iters,
                       self.meters["loss"].avg, terms, acc, throughput)
 
-    def _stopped(self, reason):
-        """`reason` plus what is kept: the last good checkpoint, or that none was written yet."""
+    def kept(self):
+        """What this trainee leaves to resume from: the last good checkpoint, or that none was written yet."""
         if self.state.last_saved_epoch:
-            kept = f"the last good checkpoint ({self.arch}_last.pth, epoch {self.state.last_saved_epoch}) is kept"
-        else:
-            kept = "no checkpoint was written yet"
+            return f"the last good checkpoint ({self.arch}_last.pth, epoch {self.state.last_saved_epoch}) is kept"
+        return "no checkpoint was written yet"
+
+    def _stopped(self, reason):
+        """`reason` plus what is kept."""
         who = f"{self.label}: " if self.label else ""
-        return f"{who}{reason}; stopping, {kept}"
+        return f"{who}{reason}; stopping, {self.kept()}"
 
     def end_epoch(self, epoch, seconds):
         """Validate, log, check for divergence, and write this epoch's checkpoints."""
@@ -318,7 +457,7 @@ class Trainee:
         if not math.isfinite(val_loss) or not weights_finite(self.model):
             what = "test loss" if not math.isfinite(val_loss) else "weights"
             raise NonFiniteLossError(self._stopped(f"the run diverged in epoch {epoch}: non-finite {what}"))
-        is_best = acc1 > self.state.best_acc
+        is_best = self.state.best_epoch == 0 or acc1 > self.state.best_acc  # the first epoch is the best so far
         if is_best:
             self.state.best_acc, self.state.best_epoch = acc1, epoch
         self.epoch_seconds.append(seconds)
@@ -345,6 +484,7 @@ class Trainee:
         """<arch>_last.pth atomically, then copies to _best and ckpt_epoch_N (repaired on resume if interrupted)."""
         last = os.path.join(self.folder, f"{self.arch}_last.pth")
         save_atomic(self.checkpoint(epoch, accuracy_, extra), last)
+        self.state.last_saved_epoch = epoch  # a resume continues from here and redoes the copies below if cut
         if is_best:
             copy_atomic(last, os.path.join(self.folder, f"{self.arch}_best.pth"))
         if epoch % self.opt.save_freq == 0:
@@ -362,14 +502,8 @@ class Trainee:
         return ckpt
 
     # ---- resume, failure, results ---------------------------------------------------------------------------------
-    def resume_from(self, ckpt, restore_extra=None):
-        """Put back weights, optimizer, scaler and counters from a validated checkpoint; repair the folder."""
-        unwrap(self.model).load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        if self.scaler is not None and "scaler" in ckpt:
-            self.scaler.load_state_dict(ckpt["scaler"])
-        if restore_extra is not None:
-            restore_extra(ckpt)
+    def resume_from(self, ckpt):
+        """Continue after a checkpoint whose state restore_state put back: its counters; repair the folder."""
         self.state = RunState(start_epoch=ckpt["epoch"] + 1, best_acc=ckpt.get("best_acc", 0.0),
                               best_epoch=ckpt.get("best_epoch", 0), last_saved_epoch=ckpt["epoch"])
         self.last_record = {"test_acc": ckpt.get("accuracy")}  # results.json, even when no epoch is left to run
@@ -454,7 +588,27 @@ def format_eta(seconds):
 
 
 def fit(trainees, loader, *, device, seed, teacher=None, sampler=None, no_progress=None, stage="main"):
-    """Run the epochs of every trainee over one data stream: epoch e of every trainee sees the same batches.
+    """Run the epochs of every trainee over one data stream (run_epochs), then finish each.
+
+    Ctrl-C raises Interrupted and a full disk a UserError, both saying which checkpoints are kept.
+    """
+    try:
+        run_epochs(trainees, loader, device=device, seed=seed, teacher=teacher, sampler=sampler,
+                   no_progress=no_progress, stage=stage)
+        for trainee in trainees:
+            trainee.finish()
+    except KeyboardInterrupt:
+        raise Interrupted(kept_checkpoints(trainees)) from None
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        raise UserError(f"the disk under --model_path is full ({e.strerror}); {kept_checkpoints(trainees)}; free some "
+                        "space, then rerun with --resume to continue") from None
+    return trainees
+
+
+def run_epochs(trainees, loader, *, device, seed, teacher, sampler, no_progress, stage):
+    """Epoch e of every trainee sees the same batches.
 
     The data stream of main-stage epoch e is seeded with seed + e (init stage: seed - e), as a single run's.
     A trainee runs from its state.start_epoch to its own last epoch; one that fails stops alone.
@@ -470,7 +624,9 @@ def fit(trainees, loader, *, device, seed, teacher=None, sampler=None, no_progre
         for trainee in active:
             if trainee.failed is None:
                 trainee.end_epoch(epoch, seconds)
-    for trainee in trainees:
-        trainee.finish()
-    return trainees
+
+
+def kept_checkpoints(trainees):
+    """What each trainee of a stopped fit leaves to resume from (labelled in a group)."""
+    return "; ".join(f"{t.label}: {t.kept()}" if t.label else t.kept() for t in trainees)
 

@@ -4,7 +4,11 @@
   with one line naming the holder's PID. The kernel drops the lock when the holder dies, even by SIGKILL.
 - A folder that already holds a run (checkpoints, log, results) is refused unless `--resume` (continue it) or
   `--overwrite` (delete that run's files first) is given.
-- Temporaries of interrupted atomic writes (`.tmp-*`) are removed on start and resume.
+- The run's own files (`results.json`, `log.jsonl`, `.lock`, ...) must be files: a directory in their place is a
+  one-line UserError naming it.
+- Temporaries of interrupted atomic writes (`.tmp-*`) are removed on start and resume, once every check has passed.
+- A bare `--resume` in a folder where a run started but was stopped before its first checkpoint (options.json, no
+  `*.pth`) starts that run at epoch 1 (nothing can be lost), dropping its log records (`discard_unsaved_epochs`).
 - On resume, the epoch's set of files is made consistent with `<arch>_last.pth`: `log.jsonl` keeps each epoch
   once (records after the checkpoint's epoch are dropped), `<arch>_best.pth` and `ckpt_epoch_<N>.pth` are
   rewritten from `last` when a kill interrupted their copy (and results.json is written even when no epoch is
@@ -27,6 +31,7 @@ log = logging.getLogger("kd")
 TEMP_PREFIX = ".tmp-"
 LOCK_NAME = ".lock"
 RUN_FILES = ("*.pth", "log.jsonl", "results.json", "options.json", "train.log", "curves.png")
+UNSAVED_FILES = ("log.jsonl", "results.json")  # what a run stopped before its first checkpoint leaves to drop
 
 
 class StartupLines(logging.Handler):
@@ -75,6 +80,7 @@ class RunFolder:
     def acquire(self):
         """Create the folder and take its lock; a held lock is a one-line UserError naming the holder's PID."""
         make_folder(self.path, "run folder", "--model_path")
+        self.check_files()
         lock_path = os.path.join(self.path, LOCK_NAME)
         handle = open(lock_path, "a+")
         try:
@@ -93,13 +99,21 @@ class RunFolder:
         return self
 
     def claim(self, tb_folder, resume, overwrite):
-        """Lock the folder, check what an earlier run left there (resume, overwrite), remove stale temporaries and
-        make the TensorBoard folder; returns self. Writes nothing else."""
+        """Lock the folder, make the TensorBoard folder and check what an earlier run left there (resume, overwrite);
+        returns self. Writes nothing else: the caller removes stale temporaries once its own checks have passed."""
         self.acquire()
-        self.check_start(resume, overwrite)
-        self.remove_temporaries()
         make_folder(tb_folder, "TensorBoard folder", "--tb_path")
+        self.check_start(resume, overwrite)
         return self
+
+    def check_files(self):
+        """The run's own files must be files (or absent): one line naming the first that is a directory."""
+        names = [pattern for pattern in RUN_FILES if "*" not in pattern] + [LOCK_NAME]
+        paths = [os.path.join(self.path, name) for name in names] + glob.glob(os.path.join(self.path, "*.pth"))
+        for path in paths:
+            if os.path.isdir(path):
+                raise UserError(f"{path} is a directory, but the run writes a file there; move or remove it, or "
+                                "pick another folder with --trial")
 
     def release(self):
         if self._lock is not None:
@@ -136,11 +150,31 @@ class RunFolder:
             log.info("removed %s, left by an interrupted write", path)
 
 
+def resumable_checkpoints(folder):
+    """The checkpoints of `folder` a run can resume from (an init stage's <arch>_init.pth is not one)."""
+    return sorted(p for p in glob.glob(os.path.join(folder, "*.pth")) if not p.endswith("_init.pth"))
+
+
+def started_without_checkpoint(folder):
+    """True when a run started in `folder` (its options.json) but wrote no checkpoint to resume from."""
+    return os.path.isfile(os.path.join(folder, "options.json")) and not resumable_checkpoints(folder)
+
+
+def discard_unsaved_epochs(folder):
+    """Drop what a run stopped before its first checkpoint left (its log records, a failed results.json), so that
+    the run started over does not log epoch 1 twice."""
+    for name in UNSAVED_FILES:
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            os.remove(path)
+            log.info("removed %s: no checkpoint holds its epochs", path)
+
+
 def repair_after_kill(folder, arch, ckpt, save_freq):
     """Make best/ckpt_epoch files agree with the resumed checkpoint `ckpt` (the contents of <arch>_last.pth)."""
     last = os.path.join(folder, f"{arch}_last.pth")
     epoch, best_epoch = ckpt["epoch"], ckpt.get("best_epoch", 0)
-    if _epoch_of(last) != epoch:
+    if saved_epoch(last) != epoch:
         return  # resumed from an older checkpoint: the epochs replayed rewrite their own files
     targets = []
     if best_epoch == epoch:
@@ -148,14 +182,15 @@ def repair_after_kill(folder, arch, ckpt, save_freq):
     if save_freq > 0 and epoch % save_freq == 0:
         targets.append(os.path.join(folder, f"ckpt_epoch_{epoch}.pth"))
     for path in targets:
-        if _epoch_of(path) == epoch:
+        if saved_epoch(path) == epoch:
             continue
         copy_atomic(last, path)
         log.info("resume: rewrote %s from %s (its copy was interrupted)", os.path.basename(path),
                  os.path.basename(last))
 
 
-def _epoch_of(path):
+def saved_epoch(path):
+    """The epoch of the checkpoint at `path`, or None when there is none (or it cannot be read)."""
     if not os.path.isfile(path):
         return None
     try:

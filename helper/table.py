@@ -5,12 +5,16 @@ recorded a protocol). Finished runs are grouped by protocol: the teacher file (s
 experiment flag (helper.protocol: seed and trial excluded), so runs are never averaged across protocols. Students:
 rows are teacher -> student pairs, columns methods, one table per dataset; teachers (and vanilla students, both from
 train_teacher.py): one row per model and protocol. Cells: mean ± sample std (n-1) of the last-epoch and of the best
-top-1 over the runs of one protocol. Unfinished and failed runs are listed under the tables, never averaged. The same
-figures go to a CSV file. `--paper` adds the published CIFAR-100 numbers of PAPER (below), with their sources.
+top-1 over the runs of one protocol. Unfinished and failed runs are listed under the tables, never averaged, and so
+are damaged or foreign folders (a run file that is not UTF-8 JSON of the shape helper/run.py writes), with the
+reason; only when every folder is damaged is it an error. The same figures go to a CSV file. `--paper` adds the
+published CIFAR-100 numbers of PAPER (below), with their sources.
 """
 import argparse
 import csv
 import json
+import logging
+import math
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -21,6 +25,7 @@ from helper.errors import UserError
 from helper.protocol import NOT_PROTOCOL
 
 RUN_FILES = ("results.json", "options.json", "log.jsonl")
+log = logging.getLogger("kd")
 
 
 # ---- published numbers ---------------------------------------------------------------------------------------------
@@ -127,8 +132,8 @@ def paper_number(pair, key, sets) -> Optional[Published]:
 # ---- reading run folders -------------------------------------------------------------------------------------------
 @dataclass
 class Run:
-    """One run folder: its status ("finished", "failed", "unfinished"), why it is not averaged (`reason`), its
-    protocol (experiment flags and, for students, the teacher) and its accuracies."""
+    """One run folder: its status ("finished", "failed", "unfinished", "damaged"), why it is not averaged
+    (`reason`), its protocol (experiment flags and, for students, the teacher) and its accuracies."""
     folder: str
     status: str
     reason: str = ""
@@ -151,54 +156,160 @@ class Run:
         return json.dumps([self.flags, self.teacher_id], sort_keys=True)
 
 
-def read_json(path):
-    """A JSON file's content, or None when it is missing or unreadable (a run killed while writing it)."""
+class DamagedFile(UserError):
+    """A run file that is there but cannot be used: unreadable, not UTF-8, not JSON, or JSON of another shape."""
+
+
+def is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+NUMBER, INTEGER, TEXT, OBJECT = "a finite number", "an integer", "a string", "an object"
+IS_KIND = {NUMBER: is_number, INTEGER: lambda v: isinstance(v, int) and not isinstance(v, bool),
+           TEXT: lambda v: isinstance(v, str), OBJECT: lambda v: isinstance(v, dict)}
+# The fields the tables read (absent or null: not recorded); the names are sorted, compared and printed.
+NAME_FLAGS = dict.fromkeys(("distill", "model", "model_s", "model_t", "dataset"), TEXT)
+RESULTS_FIELDS = {"status": TEXT, "error": TEXT, "best_acc": NUMBER, "last_acc": NUMBER, "protocol": OBJECT}
+PROTOCOL_FIELDS = {"flags": OBJECT, "teacher": OBJECT}
+TEACHER_FIELDS = {"path": TEXT, "arch": TEXT, "sha256": TEXT}
+OPTIONS_FIELDS = {**NAME_FLAGS, "path_t": TEXT, "batch_size": INTEGER, "world_size": INTEGER}
+
+
+def shown(value):
+    """A JSON value as a message quotes it (40 characters at most)."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def checked(content, where, fields):
+    """`content` when it is a JSON object whose `fields` (key -> kind) are absent, null or of their kind; else a
+    DamagedFile naming `where` and the first value that is not."""
+    if not isinstance(content, dict):
+        raise DamagedFile(f"{where}: {shown(content)} is not {OBJECT}")
+    for key, kind in fields.items():
+        value = content.get(key)
+        if value is not None and not IS_KIND[kind](value):
+            raise DamagedFile(f"{where}: {key} {shown(value)} is not {kind}")
+    return content
+
+
+def read_json(path, fields):
+    """A run's JSON file, checked against `fields`; None when there is none."""
+    name = os.path.basename(path)
     try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
+        with open(path, encoding="utf-8") as f:
+            content = json.load(f)
+    except FileNotFoundError:
         return None
+    except OSError as e:
+        raise DamagedFile(f"{name} cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise DamagedFile(f"{name} is not UTF-8 text") from None
+    except ValueError as e:
+        raise DamagedFile(f"{name} is not valid JSON ({e})") from None
+    return checked(content, name, fields)
 
 
-def epoch_records(folder):
-    """The "epoch" records of <folder>/log.jsonl in epoch order (the last one per epoch; torn lines skipped)."""
-    by_epoch = {}
+def read_results(folder):
+    """<folder>/results.json (None when there is none), with its protocol checked."""
+    results = read_json(os.path.join(folder, "results.json"), RESULTS_FIELDS)
+    protocol = (results or {}).get("protocol")
+    if protocol:
+        checked(protocol, "results.json protocol", PROTOCOL_FIELDS)
+        checked(protocol.get("flags") or {}, "results.json protocol.flags", NAME_FLAGS)
+        checked(protocol.get("teacher") or {}, "results.json protocol.teacher", TEACHER_FIELDS)
+    return results
+
+
+class EpochLog(NamedTuple):
+    """The usable epoch records of a log.jsonl, in epoch order, and a line on the damaged lines skipped ("": none)."""
+    records: List[dict]
+    damaged: str
+
+
+def epoch_record(line):
+    """The epoch record on one line of log.jsonl; None for a blank line or another kind of record. ValueError for a
+    line that is not UTF-8 JSON; DamagedFile for an object whose step is not an integer or whose values are not all
+    finite numbers (RunLogger writes nothing else)."""
+    if not line.strip():
+        return None
+    record = json.loads(line.decode("utf-8"))
+    if not isinstance(record, dict):
+        raise DamagedFile(f"{shown(record)} is not {OBJECT}")
+    if record.get("kind", "epoch") != "epoch":
+        return None
+    if not IS_KIND[INTEGER](record.get("step")):
+        raise DamagedFile(f"step {shown(record.get('step'))} is not {INTEGER}")
+    for key, value in record.items():
+        if key not in ("kind", "step") and not is_number(value):
+            raise DamagedFile(f"{key} {shown(value)} is not {NUMBER}")
+    return record
+
+
+def read_log(folder):
+    """The epoch records of <folder>/log.jsonl (the last one per epoch). A last line without its newline is a write
+    in progress (or cut by a kill) and is left out when it does not parse; every other line that is no usable record
+    is skipped and counted in `damaged`."""
     try:
-        with open(os.path.join(folder, "log.jsonl")) as f:
-            lines = f.readlines()
-    except OSError:
-        return []
-    for line in lines:
+        with open(os.path.join(folder, "log.jsonl"), "rb") as f:
+            lines = f.read().split(b"\n")
+    except FileNotFoundError:
+        return EpochLog([], "")
+    except OSError as e:
+        raise DamagedFile(f"log.jsonl cannot be read ({e.strerror or e})") from None
+    by_epoch, problems = {}, []
+    for number, line in enumerate(lines, 1):
         try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and record.get("kind", "epoch") == "epoch" and "step" in record:
-            by_epoch[record["step"]] = record
-    return [by_epoch[step] for step in sorted(by_epoch)]
+            record = epoch_record(line)
+        except DamagedFile as e:
+            problems.append(f"line {number}: {e}")
+        except ValueError as e:
+            if number < len(lines):  # else the last line, without its newline: a write in progress
+                problems.append(f"line {number}: not {'UTF-8 text' if isinstance(e, UnicodeDecodeError) else 'JSON'}")
+        else:
+            if record is not None:
+                by_epoch[record["step"]] = record
+    damaged = ""
+    if problems:
+        damaged = (f"log.jsonl: {len(problems)} damaged line{'s' if len(problems) > 1 else ''} skipped "
+                   f"({problems[0]}{', ...' if len(problems) > 1 else ''})")
+    return EpochLog([by_epoch[step] for step in sorted(by_epoch)], damaged)
 
 
 def flags_from_options(options):
     """The experiment flags of a folder written before results.json held a protocol, from its options.json."""
     flags = {k: v for k, v in options.items() if k not in NOT_PROTOCOL}
-    flags["global_batch"] = options.get("batch_size", 0) * options.get("world_size", 1)
+    flags["global_batch"] = (options.get("batch_size") or 0) * (options.get("world_size") or 1)
     return flags
 
 
 def read_run(folder):
-    """A Run from the files of one run folder."""
-    results = read_json(os.path.join(folder, "results.json"))
-    options = read_json(os.path.join(folder, "options.json"))
+    """A Run from the files of one run folder; a folder with a damaged file is a "damaged" Run saying which."""
+    try:
+        return run_from_files(folder)
+    except DamagedFile as e:
+        return Run(folder, "damaged", reason=str(e))
+
+
+def run_from_files(folder):
+    """The Run its results.json, options.json and log.jsonl describe; DamagedFile when one of them is damaged."""
+    results = read_results(folder)
+    options = read_json(os.path.join(folder, "options.json"), OPTIONS_FIELDS)
+    epoch_log = read_log(folder)
+    if epoch_log.damaged:
+        raise DamagedFile(epoch_log.damaged)
     protocol = (results or {}).get("protocol")
     if protocol:
-        flags, teacher = protocol.get("flags", {}), protocol.get("teacher")
+        flags, teacher = protocol.get("flags") or {}, protocol.get("teacher")
     elif options is not None:
         flags = flags_from_options(options)
         teacher = {"path": options["path_t"]} if options.get("path_t") else None
     else:
         flags, teacher = {}, None
     run = Run(folder, "finished", flags=flags, teacher=teacher)
-    records = epoch_records(folder)
+    if run.is_student and flags.get("distill") is None:
+        raise DamagedFile("the run records a teacher but not the student's method (distill)")
+    records = epoch_log.records
     if results is None:
         reached = f"log.jsonl reaches epoch {records[-1]['step']}" if records else "no epoch logged"
         of = f" of {flags['epochs']}" if records and "epochs" in flags else ""
@@ -238,6 +349,16 @@ def find_run_folders(paths):
             raise UserError(f"{path} holds no run folder (none with {', '.join(RUN_FILES)})")
         folders += sorted(found)
     return folders
+
+
+def no_usable_run(problems, doing):
+    """The UserError when every run folder given was skipped (`problems`: one line each): that line for one folder,
+    else a count, each line logged first."""
+    if len(problems) == 1:
+        return UserError(problems[0])
+    for problem in problems:
+        log.warning("skipped %s", problem)
+    return UserError(f"none of the {len(problems)} run folders {doing} (reasons above)")
 
 
 # ---- grouping ------------------------------------------------------------------------------------------------------
@@ -462,10 +583,13 @@ def csv_number(value):
 def not_averaged_lines(runs):
     if not runs:
         return []
-    return ["Not averaged (unfinished or failed):"] + [f"- {r.folder}: {r.status}: {r.reason}" for r in runs] + [""]
+    return (["Not averaged (unfinished, failed or damaged):"] + [f"- {r.folder}: {r.status}: {r.reason}" for r in runs]
+            + [""])
 
 
 def not_averaged_row(run):
+    if run.status == "damaged":  # nothing of its protocol was read
+        return {"status": run.status, "n": 0, "folders": run.folder, "reason": run.reason}
     flags = run.flags
     return {"kind": "student" if run.is_student else "teacher", "dataset": flags.get("dataset", ""),
             "teacher": flags.get("model_t", "") if run.is_student else "",
@@ -477,6 +601,8 @@ def not_averaged_row(run):
 def build(paths, with_paper=False):
     """(Markdown text, CSV rows) for the run folders in or under `paths`."""
     runs = [read_run(folder) for folder in find_run_folders(paths)]
+    if all(r.status == "damaged" for r in runs):
+        raise no_usable_run([f"{r.folder}: {r.reason}" for r in runs], "can be read")
     finished = [r for r in runs if r.status == "finished"]
     skipped = [r for r in runs if r.status != "finished"]
     lines = [HEADER + (PAPER_NOTE if with_paper else ""), ""]
@@ -499,8 +625,20 @@ def build(paths, with_paper=False):
     return "\n".join(lines).rstrip() + "\n", rows
 
 
+def write_output(path, flag, write):
+    """write(path) after making its folder; a path that cannot be written is a one-line UserError naming `flag`
+    (shared by helper.plot and helper.evaluate)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        if not os.path.exists(folder):  # a file there: open() says "Not a directory"
+            os.makedirs(folder)
+        write(path)
+    except OSError as e:
+        raise UserError(f"cannot write {flag} {path}: {e.strerror or e}") from None
+    return path
+
+
 def write_csv(rows, path):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, restval="")
         writer.writeheader()
@@ -516,7 +654,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     text, rows = build(args.folders, args.paper)
     path = args.csv or os.path.join(args.folders[0], "table.csv")
-    write_csv(rows, path)
+    write_output(path, "--csv", lambda out: write_csv(rows, out))
     print(text + f"\nCSV: {path}")
     return text
 

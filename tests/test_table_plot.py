@@ -174,7 +174,7 @@ def test_failed_and_unfinished_runs_are_listed_not_averaged(tmp_path):
     running = write_run(str(root / "kd_running"), flags, [1.0, 1.0, 1.0], teacher_sha=SHA_A, seed=8, results=False)
     text, rows = table.build([str(root)])
     assert student_cells(text, "cifar100") == {("resnet32x4 -> resnet8x4", "kd"): expected_cell(finished)}
-    listed = text.split("Not averaged (unfinished or failed):")[1].splitlines()
+    listed = text.split("Not averaged (unfinished, failed or damaged):")[1].splitlines()
     assert f"- {failed}: failed: {error}" in listed
     assert (f"- {running}: unfinished: no results.json (still running, or stopped): log.jsonl reaches epoch 3 of "
             f"{flags['epochs']}") in listed

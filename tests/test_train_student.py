@@ -10,6 +10,7 @@ import torch
 import train_student
 import train_teacher
 from helper.errors import UserError
+from helper.group import read_plan
 from models import build_model
 from tests.cifar_fixture import make_fake_cifar100
 
@@ -105,27 +106,60 @@ def script_commands(name):
 
 
 def command_id(args):
-    if "--plan" in args:
-        return "group-" + os.path.basename(args[args.index("--plan") + 1])[:-4]
-    return "-".join([args[args.index("--distill") + 1], args[args.index("--model_s") + 1]]
-                    + (["ctkd"] if "--have_mlp" in args else []) + (["grad"] if "--with_grad" in args else [])
-                    + (["kd"] if "-a" in args and args[args.index("-a") + 1] == "1" and "crd" in args else []))
+    return "group-" + os.path.basename(args[args.index("--plan") + 1])[:-4]
 
 
-@pytest.mark.parametrize("args", script_commands("run_cifar_distill.sh"), ids=command_id)
-def test_every_distill_script_line_parses_and_builds(tmp_path, args):
-    data = tmp_path / "data"
-    make_fake_cifar100(str(data), 1, 1, seed=0)
+SCRIPT_LINES = script_commands("run_cifar_distill.sh")
+GROUP_LINES = [args for args in SCRIPT_LINES if "--plan" in args]
+
+
+def flag_tokens(args):
+    """A line's flags without the teacher, the trial and "$@": what a plan line holds."""
+    dropped = {i for i, a in enumerate(args) if a in ("--path_t", "--trial")}
+    return tuple(a for i, a in enumerate(args) if i not in dropped and i - 1 not in dropped)
+
+
+def test_every_single_distill_line_parses_and_is_a_line_of_its_teachers_plan():
+    """GROUP=0's one-student lines are the plan files' lines (which the group test below builds), line for line."""
+    plans = {args[args.index("--path_t") + 1]: {tuple(tokens) for _, tokens in read_plan(args[args.index("--plan") + 1])}
+             for args in GROUP_LINES}
+    singles = [args for args in SCRIPT_LINES if "--plan" not in args]
+    assert len(singles) == sum(len(lines) for lines in plans.values())
+    for args in singles:
+        teacher = args[args.index("--path_t") + 1]
+        assert flag_tokens(args) in plans[teacher], args
+        train_student.parse_option(args + ["--device", "cpu"])
+
+
+@pytest.fixture(scope="module")
+def fake_cifar100(tmp_path_factory):
+    return make_fake_cifar100(str(tmp_path_factory.mktemp("cifar")), 1, 1, seed=0)
+
+
+@pytest.fixture(scope="module")
+def published_teacher(tmp_path_factory):
+    """A full-size CIFAR-100 teacher file per architecture, written once for the module."""
+    root, made = tmp_path_factory.mktemp("teachers"), {}
+
+    def get(path):
+        if path not in made:
+            arch = "resnet8x4_double" if "resnet8x4_double_best" in path else train_student.teacher_name_from_path(path)
+            teacher = root / str(len(made)) / f"{arch}_vanilla" / "ckpt_epoch_240.pth"
+            teacher.parent.mkdir(parents=True)
+            ckpt = {"model": build_model(arch, 100).state_dict()}  # published style: arch from the folder name ...
+            if "student_model" in path:
+                ckpt["arch"] = arch  # ... except our own student checkpoints (HKD's assistant), which carry it
+            torch.save(ckpt, teacher)
+            made[path] = str(teacher)
+        return made[path]
+    return get
+
+
+@pytest.mark.parametrize("args", GROUP_LINES, ids=command_id)
+def test_every_distill_group_line_parses_and_builds_every_student(args, fake_cifar100, published_teacher):
     path = next(a for a in args if a.endswith(".pth"))
-    arch = "resnet8x4_double" if "resnet8x4_double_best" in path else train_student.teacher_name_from_path(path)
-    teacher = tmp_path / f"{arch}_vanilla" / "ckpt_epoch_240.pth"
-    teacher.parent.mkdir()
-    ckpt = {"model": build_model(arch, 100).state_dict()}  # published style: arch from the folder name ...
-    if "student_model" in path:
-        ckpt["arch"] = arch  # ... except our own student checkpoints (HKD's assistant), which carry it
-    torch.save(ckpt, teacher)
-    args = [str(teacher) if a == path else a for a in args]
-    assert train_student.main(args + ["--dry_run", "--data_root", str(data), "--device", "cpu",
+    args = [published_teacher(path) if a == path else a for a in args]
+    assert train_student.main(args + ["--dry_run", "--data_root", fake_cifar100, "--device", "cpu",
                                       "--num_workers", "0", "--nce_k", "16"]) is None
 
 

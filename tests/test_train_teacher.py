@@ -25,8 +25,14 @@ def run_folder(tmp_path):
 @needs_fmnist
 def test_teacher_learns_writes_checkpoints_and_resumes_exactly(tmp_path):
     state = train_teacher.main(teacher_args(tmp_path, "--epochs", "3"))
-    assert state.best_acc > 40.0  # chance is 10%
     folder = run_folder(tmp_path)
+    # It learns: the training loss falls and the training accuracy climbs well above chance (10 %) over the epochs.
+    # Test accuracy after 3 epochs at lr 0.05 swings (32 %, 39 %, then 10 % on one CPU), so it only has to beat
+    # chance by a margin once.
+    records = [json.loads(line) for line in open(folder / "log.jsonl")]
+    assert records[-1]["train_loss"] < 0.8 * records[0]["train_loss"], records
+    assert records[-1]["train_acc"] > 40.0 and records[-1]["train_acc"] > records[0]["train_acc"] + 10, records
+    assert state.best_acc > 20.0
     for name in ("resnet8_best.pth", "resnet8_last.pth", "ckpt_epoch_1.pth", "ckpt_epoch_3.pth",
                  "options.json", "log.jsonl", "results.json"):
         assert (folder / name).is_file(), name
