@@ -7,3 +7,7 @@ class UserError(Exception):
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during training; its message says which checkpoints are kept (helper.options.run_cli prints it)."""

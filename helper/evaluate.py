@@ -27,7 +27,7 @@ from helper.assembly import probe_shapes, teacher_name_from_path
 from helper.errors import UserError
 from helper.loops import validate
 from helper.options import run_cli
-from helper.table import write_output
+from helper.util import write_output
 from helper.util import extract_state_dict, load_weights, resolve_device
 from models import build_model, input_size, model_dict
 

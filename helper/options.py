@@ -9,9 +9,8 @@ import sys
 import zlib
 
 from helper import distributed
-from helper.errors import NonFiniteLossError, UserError
+from helper.errors import Interrupted, NonFiniteLossError, UserError
 from helper.logger import setup_console_logging
-from helper.run import Interrupted
 from helper.util import parse_decay_epochs, resolve_device
 
 log = logging.getLogger("kd")

@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the headless back
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from helper.errors import UserError  # noqa: E402
-from helper.table import DamagedFile, no_usable_run, read_log, write_output  # noqa: E402
+from helper.table import DamagedFile, no_usable_run, read_log  # noqa: E402
+from helper.util import write_output  # noqa: E402
 
 PANEL_SIZE = (6.4, 3.6)  # inches per panel
 log = logging.getLogger("kd")

@@ -19,7 +19,7 @@ import torch
 from distiller_zoo.base import Batch, Needs, StepContext
 from helper import distributed
 from helper.distributed import is_main_process
-from helper.errors import NonFiniteLossError, UserError
+from helper.errors import Interrupted, NonFiniteLossError, UserError
 from helper.logger import RunLog
 from helper.loops import run_step, train_epoch, validate
 from helper.protocol import NOT_PROTOCOL
@@ -30,10 +30,6 @@ from helper.util import (AverageMeter, accuracy, copy_atomic, load_checkpoint, l
 
 log = logging.getLogger("kd")
 FP16_SKIP_LIMIT = 50  # consecutive steps with non-finite fp16 gradients before the run counts as diverged
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during training; its message says which checkpoints are kept (helper.options.run_cli prints it)."""
 
 
 @dataclass

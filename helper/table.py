@@ -23,6 +23,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from helper.errors import UserError
 from helper.protocol import NOT_PROTOCOL
+from helper.util import write_output
 
 RUN_FILES = ("results.json", "options.json", "log.jsonl")
 log = logging.getLogger("kd")
@@ -623,19 +624,6 @@ def build(paths, with_paper=False):
         lines += ["Published numbers (`paper`; '?' = not verified against the authors' own table):"]
         lines += [f"- {s.source}" + ("" if s.verified else " [?]") for s in sources] + [""]
     return "\n".join(lines).rstrip() + "\n", rows
-
-
-def write_output(path, flag, write):
-    """write(path) after making its folder; a path that cannot be written is a one-line UserError naming `flag`
-    (shared by helper.plot and helper.evaluate)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        if not os.path.exists(folder):  # a file there: open() says "Not a directory"
-            os.makedirs(folder)
-        write(path)
-    except OSError as e:
-        raise UserError(f"cannot write {flag} {path}: {e.strerror or e}") from None
-    return path
 
 
 def write_csv(rows, path):

@@ -201,3 +201,15 @@ def load_weights(model, state_dict, path, arch):
             parts.append(f"{len(shaped)} shape mismatches: {few(detail)}")
         raise UserError(f"checkpoint {path} does not match architecture {arch}: " + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
+
+
+def write_output(path, flag, write):
+    """write(path) after making its folder; a path that cannot be written is a one-line UserError naming `flag`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        if not os.path.exists(folder):  # a file there: open() says "Not a directory"
+            os.makedirs(folder)
+        write(path)
+    except OSError as e:
+        raise UserError(f"cannot write {flag} {path}: {e.strerror or e}") from None
+    return path

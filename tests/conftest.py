@@ -43,11 +43,20 @@ NUMERICS_FILES = {
 }
 
 
+# The long end-to-end tests (torchrun launches, kill -9 loops): left out of `bash scripts/test.sh` so the suite stays
+# within a researcher's patience; .ci/run runs them (`pytest -m long`).
+LONG_FILES = {"test_ddp.py", "test_kill_resume.py"}
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", "numerics: compares floating-point results; CI reruns it under other CPU ISAs")
+    config.addinivalue_line("markers", "long: long end-to-end test (DDP, kills); scripts/test.sh skips it, CI runs it")
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if os.path.basename(str(item.fspath)) in NUMERICS_FILES:
+        name = os.path.basename(str(item.fspath))
+        if name in NUMERICS_FILES:
             item.add_marker(pytest.mark.numerics)
+        if name in LONG_FILES:
+            item.add_marker(pytest.mark.long)

@@ -13,8 +13,8 @@ needs_fmnist = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="apt-get ins
 
 
 def teacher_args(tmp_path, *extra):
-    return ["--dataset", "fashion_mnist", "--model", "resnet8", "--subset", "3000", "--batch_size", "64",
-            "--num_workers", "0", "--device", "cpu", "--lr_decay_epochs", "100", "--save_freq", "1",
+    return ["--dataset", "fashion_mnist", "--model", "resnet8", "--subset", "3000", "--test_subset", "1000",
+            "--batch_size", "64", "--num_workers", "0", "--device", "cpu", "--lr_decay_epochs", "100", "--save_freq", "1",
             "--model_path", str(tmp_path / "models"), "--tb_path", str(tmp_path / "tb"), "--seed", "1", *extra]
 
 
