@@ -134,6 +134,8 @@ def finish_training_args(opt):
         raise UserError(f"--trial {opt.trial!r} must be a plain name (letters, digits, '.', '_', '-'): it is part of "
                         "the run folder's name")
     finish_seed(opt)
+    if opt.resume and opt.overwrite:
+        raise UserError("--resume continues the run in its folder and --overwrite deletes it: give one of the two")
     opt.distributed, opt.rank, opt.world_size = False, 0, 1  # helper.distributed.setup sets them under torchrun
     if opt.no_progress is None:
         opt.no_progress = not sys.stderr.isatty() or None

@@ -204,13 +204,18 @@ def truncate_log(folder, last_epoch):
     path = os.path.join(folder, "log.jsonl")
     if not os.path.isfile(path):
         return
-    kept = []
-    with open(path) as f:
+    kept, damaged = [], 0
+    with open(path, errors="replace") as f:  # a byte that is not UTF-8 makes its line unreadable, not the file
         for line in f:
             try:
                 record = json.loads(line)
             except ValueError:
-                continue  # a line cut by a kill
-            if record.get("kind") != "epoch" or record.get("step", 0) <= last_epoch:
+                damaged += bool(line.endswith("\n"))  # a last line cut by a kill is no damage
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
+                damaged += 1
+            elif record.get("kind") != "epoch" or record.get("step", 0) <= last_epoch:
                 kept.append(json.dumps(record))
+    if damaged:
+        log.warning("%s: dropped %d damaged line(s) while resuming", path, damaged)
     write_text_atomic(path, "".join(line + "\n" for line in kept))

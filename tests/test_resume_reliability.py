@@ -269,3 +269,14 @@ def test_a_run_folder_file_that_is_a_directory_is_one_line_naming_it(tmp_path, n
     with pytest.raises(UserError) as err:
         train_teacher.main(teacher_args(tmp_path))
     assert_one_line(err, str(folder / name), "is a directory")
+
+
+def test_resume_drops_damaged_log_lines_and_keeps_the_others(tmp_path):
+    """A log.jsonl line that is not UTF-8, not a record, or has a step that is not a number does not stop --resume."""
+    train_teacher.main(teacher_args(tmp_path))
+    folder = only_folder(tmp_path, "models")
+    with open(folder / "log.jsonl", "ab") as f:
+        f.write(b'{"kind": "epoch", "step": "\xff"}\n[1, 2]\n{"kind": "epoch", "step": "2"}\n')
+    train_teacher.main(teacher_args(tmp_path, "--epochs", "2", "--resume"))
+    records = [json.loads(line) for line in open(folder / "log.jsonl")]
+    assert [r["step"] for r in records] == [1, 2]

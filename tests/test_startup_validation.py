@@ -191,3 +191,9 @@ def test_amp_fp16_on_the_cpu_is_a_start_up_warning(tmp_path, teacher, caplog):
     caplog.clear()
     train_student.main(student_args(tmp_path, teacher, "--amp", "bf16", "--dry_run"))
     assert "slower" not in caplog.text
+
+
+def test_resume_with_overwrite_is_refused_as_contradictory(tmp_path):
+    with pytest.raises(UserError) as err:
+        train_student.main(student_args(tmp_path, "t.pth", "--resume", "--overwrite"))
+    assert_one_line(err, "--resume", "--overwrite")
