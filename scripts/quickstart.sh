@@ -3,7 +3,8 @@
 # pays: a resnet20 teacher trained on 10000 images, then a resnet8 student that sees only 500 labelled images,
 # trained from scratch and distilled with KD and with CRD+KD (one group: one teacher pass per batch); then the table
 # of the runs (helper.table) and their curves (helper.plot).
-# Usage: bash scripts/quickstart.sh [TRIAL] (default 0; the trial seeds every run; about 3 minutes on 2 cores)
+# Usage: bash scripts/quickstart.sh [TRIAL] (default 0; the trial seeds every run; about 3 minutes on 2 cores);
+# QUICKSTART_OUT=DIR writes elsewhere than save/quickstart.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
