@@ -16,8 +16,7 @@ from helper.logger import RunLogger, attach_run_log, detach_run_log
 from helper.loops import LossStep, cross_entropy
 from helper.options import add_training_args, apply_default_lr, finish_training_args, run_cli
 from helper.protocol import run_protocol
-from helper.run import (Trainee, fit, is_main_process, purge_step, read_resume_checkpoint, restore_state, resume_path,
-                        start_writing)
+from helper.run import Trainee, fit, is_main_process, purge_step, resume_checkpoint, start_writing
 from helper.run_folder import RunFolder, StartupLines
 from helper.util import set_seed
 from helper.weights import constant_weights
@@ -72,7 +71,7 @@ def train(opt, startup):
     handler = None
     try:
         distributed.together(lambda: claim(folder, opt))
-        ckpt = read_resume(opt, model, optimizer, scaler)
+        ckpt = resume_checkpoint(opt, opt.save_folder, opt.model, "train_teacher", model, optimizer, scaler)
         if is_main_process():
             start_writing(folder, opt, ckpt)
             handler = attach_run_log(opt.save_folder)
@@ -116,17 +115,6 @@ def claim(folder, opt):
     folders."""
     if is_main_process():
         folder.claim(opt.tb_folder, bool(opt.resume), opt.overwrite)
-
-
-def read_resume(opt, model, optimizer, scaler):
-    """The validated checkpoint --resume continues from (every rank reads it), restored into model, optimizer and
-    scaler; None when the run starts at epoch 1."""
-    path = resume_path(opt, opt.save_folder, opt.model) if opt.resume else None
-    if path is None:
-        return None
-    ckpt = read_resume_checkpoint(path, opt.save_folder, opt.model, opt, "train_teacher")
-    restore_state(ckpt, path, model, optimizer, scaler)
-    return ckpt
 
 
 if __name__ == "__main__":

@@ -21,10 +21,9 @@ from helper.logger import RunLogger, attach_run_log
 from helper.loops import LossStep, cross_entropy, forward_model, validate
 from helper.plugins import build_plugins, check_plugins, enabled_plugins
 from helper.protocol import run_protocol
-from helper.run import (InitTrainee, Trainee, count_samples, purge_step, read_resume_checkpoint, restore_state,
-                        resume_path, start_writing)
+from helper.run import InitTrainee, Trainee, count_samples, purge_step, resume_checkpoint, start_writing
 from helper.run_folder import RunFolder
-from helper.util import extract_state_dict, load_checkpoint, load_weights, set_seed
+from helper.util import extract_state_dict, is_integer, load_checkpoint, load_weights, set_seed
 from helper.weights import TermWeights, constant_weights
 from models import build_model, input_size, model_dict
 
@@ -57,7 +56,7 @@ def teacher_arch(ckpt, path):
 def check_teacher_classes(ckpt, path, num_classes):
     """The class count a teacher checkpoint records (when it records one) must be the dataset's, as an integer."""
     ckpt_classes = ckpt.get("num_classes", num_classes) if isinstance(ckpt, dict) else num_classes
-    if not isinstance(ckpt_classes, int) or isinstance(ckpt_classes, bool):
+    if not is_integer(ckpt_classes):
         raise UserError(f"--path_t {path} records num_classes {ckpt_classes!r}, not an integer; pass a checkpoint "
                         "written by train_teacher.py or fix its 'num_classes' entry")
     if ckpt_classes != num_classes:
@@ -291,13 +290,8 @@ def claim_folder(s):
 def read_resume(s, shared, allow_fresh=False):
     """The validated checkpoint to resume from (every rank reads it), restored into the student, its method and
     plug-ins before anything is written; None when the student starts at epoch 1 (allow_fresh: see resume_path)."""
-    opt = s.opt
-    path = resume_path(opt, s.folder, opt.model_s, allow_fresh) if opt.resume else None
-    if path is None:
-        return None
-    ckpt = read_resume_checkpoint(path, s.folder, opt.model_s, opt, "train_student", check_resumable(s, shared))
-    restore_state(ckpt, path, s.student, s.optimizer, s.scaler, lambda c: restore_method_state(c, s))
-    return ckpt
+    return resume_checkpoint(s.opt, s.folder, s.opt.model_s, "train_student", s.student, s.optimizer, s.scaler,
+                             check_resumable(s, shared), lambda c: restore_method_state(c, s), allow_fresh)
 
 
 def open_student(s, shared, val_loader, startup=None):

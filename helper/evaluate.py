@@ -27,8 +27,7 @@ from helper.assembly import probe_shapes, teacher_name_from_path
 from helper.errors import UserError
 from helper.loops import validate
 from helper.options import run_cli
-from helper.util import write_output
-from helper.util import extract_state_dict, load_weights, resolve_device
+from helper.util import extract_state_dict, is_integer, load_weights, resolve_device, write_output
 from models import build_model, input_size, model_dict
 
 DEFAULT_DATASET = "cifar100"
@@ -98,7 +97,7 @@ def recorded(ckpt, key):
 
 
 def is_positive_int(value):
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return is_integer(value) and value > 0
 
 
 # What the recorded fields this command reads must be (absent or None: not recorded): what a damaged or foreign

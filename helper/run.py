@@ -25,8 +25,8 @@ from helper.loops import run_step, train_epoch, validate
 from helper.protocol import NOT_PROTOCOL
 from helper.run_folder import (discard_unsaved_epochs, repair_after_kill, resumable_checkpoints, saved_epoch,
                                started_without_checkpoint, truncate_log)
-from helper.util import (AverageMeter, accuracy, copy_atomic, load_checkpoint, lr_at_epoch, plain_options, save_atomic,
-                         set_lr, set_seed, write_text_atomic)
+from helper.util import (AverageMeter, accuracy, copy_atomic, is_integer, load_checkpoint, lr_at_epoch, plain_options,
+                         save_atomic, set_lr, set_seed, write_text_atomic)
 
 log = logging.getLogger("kd")
 FP16_SKIP_LIMIT = 50  # consecutive steps with non-finite fp16 gradients before the run counts as diverged
@@ -121,16 +121,12 @@ def read_resume_checkpoint(path, folder, arch, opt, script, check=None):
     return ckpt
 
 
-def is_whole(value):
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_counters(ckpt, path):
     """The counters a resume continues from must be whole; otherwise the checkpoint is damaged (one line)."""
     epoch, best_epoch, best_acc = ckpt["epoch"], ckpt.get("best_epoch", 0), ckpt.get("best_acc", 0.0)
-    good_epoch = is_whole(epoch) and epoch >= 1
+    good_epoch = is_integer(epoch) and epoch >= 1
     fields = [("epoch", good_epoch, "a whole number >= 1"),
-              ("best_epoch", good_epoch and is_whole(best_epoch) and 0 <= best_epoch <= epoch,
+              ("best_epoch", good_epoch and is_integer(best_epoch) and 0 <= best_epoch <= epoch,
                "a whole number up to its epoch"),
               ("best_acc", isinstance(best_acc, (int, float)) and not isinstance(best_acc, bool), "a number"),
               ("opt", isinstance(ckpt.get("opt", {}), dict), "the run's options")]
@@ -198,6 +194,18 @@ def check_epochs(ckpt, path, folder, arch, opt):
         raise UserError(f"--resume {path} (epoch {epoch}) with --epochs {opt.epochs} would end the run before epoch "
                         f"{reached}, which {last} already holds; pass --epochs {reached} or more to replay up to it, "
                         "or pick another folder with --trial")
+
+
+def resume_checkpoint(opt, folder, arch, script, model, optimizer, scaler=None, check=None, restore_extra=None,
+                      allow_fresh=False):
+    """The validated checkpoint --resume continues from (every rank reads it), restored into the run before anything
+    is written; None when the run starts at epoch 1 (no --resume, or nothing to continue: see resume_path)."""
+    path = resume_path(opt, folder, arch, allow_fresh) if opt.resume else None
+    if path is None:
+        return None
+    ckpt = read_resume_checkpoint(path, folder, arch, opt, script, check)
+    restore_state(ckpt, path, model, optimizer, scaler, restore_extra)
+    return ckpt
 
 
 def restore_state(ckpt, path, model, optimizer, scaler=None, restore_extra=None):

@@ -23,7 +23,7 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from helper.errors import UserError
 from helper.protocol import NOT_PROTOCOL
-from helper.util import write_output
+from helper.util import is_integer, write_output
 
 RUN_FILES = ("results.json", "options.json", "log.jsonl")
 log = logging.getLogger("kd")
@@ -162,11 +162,11 @@ class DamagedFile(UserError):
 
 
 def is_number(value):
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return (is_integer(value) or isinstance(value, float)) and math.isfinite(value)
 
 
 NUMBER, INTEGER, TEXT, OBJECT = "a finite number", "an integer", "a string", "an object"
-IS_KIND = {NUMBER: is_number, INTEGER: lambda v: isinstance(v, int) and not isinstance(v, bool),
+IS_KIND = {NUMBER: is_number, INTEGER: is_integer,
            TEXT: lambda v: isinstance(v, str), OBJECT: lambda v: isinstance(v, dict)}
 # The fields the tables read (absent or null: not recorded); the names are sorted, compared and printed.
 NAME_FLAGS = dict.fromkeys(("distill", "model", "model_s", "model_t", "dataset"), TEXT)

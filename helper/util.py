@@ -203,6 +203,11 @@ def load_weights(model, state_dict, path, arch):
     model.load_state_dict(state_dict, strict=True)
 
 
+def is_integer(value):
+    """A JSON/pickle value that is a whole number (True and False are not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def write_output(path, flag, write):
     """write(path) after making its folder; a path that cannot be written is a one-line UserError naming `flag`."""
     folder = os.path.dirname(os.path.abspath(path))
