@@ -31,16 +31,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import train_student  # noqa: E402
 from bench_kd import install_synthetic_cifar, machine, release_freed_memory  # noqa: E402
 from results_md import load_average, replace_section, section_head  # noqa: E402
 from dataset import build_loaders  # noqa: E402
 from distiller_zoo.base import Batch, Needs, get_distiller_class  # noqa: E402
-from helper import fast  # noqa: E402
-from helper.assembly import Shared, build_student, student_trainee  # noqa: E402
-from helper.loops import TeacherOutputs, train_epoch  # noqa: E402
-from helper.options import explicit_dests  # noqa: E402
-from helper.recipes import apply_recipe  # noqa: E402
+from helper.engine import fast  # noqa: E402
+from helper.session.memory import student_options, trainable_student  # noqa: E402
+from helper.student.build import Shared  # noqa: E402
+from helper.engine.loop import TeacherOutputs, train_epoch  # noqa: E402
 from helper.util import resolve_device, set_seed  # noqa: E402
 from models import build_model  # noqa: E402
 
@@ -99,20 +97,18 @@ def parse_args(argv=None):
 # ---------------------------------------------------------------------------------------------------------------
 # The students, built as train_student.py builds them.
 
-def student_options(args, method):
-    """train_student's options for `method` on the benchmark's pair, with the method's recipe applied."""
-    argv = ["--path_t", "unused.pth", "--distill", method, "--model_s", args.student, "--device", args.device,
-            "--batch_size", str(args.batch), "--num_workers", "0", "--no_progress"]
-    opt = train_student.parse_option(argv)
-    return apply_recipe(opt, args.teacher, explicit_dests(train_student.build_parser(), argv))
+def method_options(args, method):
+    """train_student's options for `method` on the benchmark's pair, and the flags given (the recipe fills the rest)."""
+    return student_options(["--path_t", "unused.pth", "--distill", method, "--model_s", args.student, "--device",
+                            args.device, "--batch_size", str(args.batch), "--num_workers", "0", "--no_progress"])
 
 
 def build_everything(args):
     """(trainees by method, teacher, shared options, the cached batches) over one Shared, as a group run has it."""
     device = torch.device(args.device)
     set_seed(0)
-    opts = {m: student_options(args, m) for m in args.methods}
-    first = opts[args.methods[0]]
+    opts = {m: method_options(args, m) for m in args.methods}
+    first = opts[args.methods[0]][0]
     needs = [get_distiller_class(m).needs for m in args.methods]
     data = build_loaders(first, with_index=any(n.index or n.contrast_index for n in needs),
                          strong_view=any(n.strong_view for n in needs))
@@ -122,8 +118,8 @@ def build_everything(args):
     shared = Shared(data=data, teacher=teacher, teacher_arch=args.teacher, teacher_sha256="bench")
     trainees = {}
     for method in args.methods:
-        s = build_student(opts[method], shared, label=method)
-        trainees[method] = student_trainee(s, shared)
+        opt, explicit = opts[method]
+        trainees[method] = trainable_student(opt, shared, explicit, label=method).trainee
     fast.prepare_models(first, None, teacher)
     batches = cached_batches(data.train_loader, args.steps)
     return trainees, teacher, batches

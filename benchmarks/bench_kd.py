@@ -49,15 +49,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import dataset as dataset_module  # noqa: E402
-import train_student  # noqa: E402
 from dataset import build_loaders  # noqa: E402
 from dataset.cifar100 import CIFAR100_MEAN, CIFAR100_STD  # noqa: E402
 from distiller_zoo.base import get_distiller_class  # noqa: E402
-from helper import distributed, fast  # noqa: E402
-from helper.assembly import Shared, build_student, student_trainee  # noqa: E402
-from helper.loops import train_epoch  # noqa: E402
-from helper.options import explicit_dests  # noqa: E402
-from helper.recipes import apply_recipe  # noqa: E402
+from helper.engine import distributed, fast  # noqa: E402
+from helper.session.memory import student_options, trainable_student  # noqa: E402
+from helper.student.build import Shared  # noqa: E402
+from helper.engine.loop import train_epoch  # noqa: E402
 from helper.util import resolve_device, set_seed  # noqa: E402
 from models import build_model  # noqa: E402
 from results_md import cpu_name, load_average, replace_section, section_head  # noqa: E402
@@ -322,11 +320,10 @@ def build_opt(args, distill, extra, setting):
     argv = ["--path_t", "unused.pth", "--distill", distill, "--model_s", args.student, "--device", args.device,
             "--batch_size", str(args.batch), "--num_workers", str(args.num_workers), "--no_progress",
             "--loader", "device" if setting.loader == "gpu" else "torch"] + extra
-    opt = train_student.parse_option(argv)
-    apply_recipe(opt, args.teacher, explicit_dests(train_student.build_parser(), argv))
+    opt, explicit = student_options(argv)
     opt.amp, opt.channels_last = setting.amp, setting.channels_last
     opt.compile, opt.cuda_graphs = setting.compile, setting.cuda_graphs
-    return fast.check_fast_args(opt)
+    return fast.check_fast_args(opt), explicit
 
 
 def with_host_sync(compute):
@@ -344,7 +341,7 @@ def run_row(args, method_name, setting_name):
     device = torch.device(args.device)
     torch._dynamo.reset()
     set_seed(0)
-    opt = build_opt(args, distill, extra, setting)
+    opt, explicit = build_opt(args, distill, extra, setting)
     method = get_distiller_class(opt.distill)
     needs = method.needs
     reset_peak(device)
@@ -353,9 +350,8 @@ def run_row(args, method_name, setting_name):
     for param in teacher.parameters():
         param.requires_grad_(False)
     shared = Shared(data=data, teacher=teacher, teacher_arch=args.teacher, teacher_sha256="bench")
-    s = build_student(opt, shared)
+    trainee = trainable_student(opt, shared, explicit).trainee
     fast.prepare_models(opt, None, teacher)
-    trainee = student_trainee(s, shared)
     if setting.host_sync:
         trainee.compute = with_host_sync(trainee.compute)
     warmup = args.warmup + (2 if setting.compile else 0)
@@ -372,7 +368,7 @@ def run_row(args, method_name, setting_name):
                step_min=min(times), step_max=max(times), cpu=statistics.median(clock.cpu_durations()[warmup:]),
                peak=peak_bytes(device), step_syncs=statistics.median(loader.step_syncs[warmup:-1] or [0]),
                fetch_syncs=statistics.median(loader.fetch_syncs[warmup:]), loss=stats["loss"], steps=len(times))
-    del data, teacher, s, trainee, shared
+    del data, teacher, trainee, shared
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -25,7 +25,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
-from helper import distributed
+from helper import collectives
 from helper.errors import UserError
 
 SCORE_PATHS = ("auto", "gather", "dense", "sparse")
@@ -147,10 +147,10 @@ def rows_of_all_ranks(y, *values):
     pads the last shares with repeated samples). Repeats then write identical rows, so every rank's bank
     gets the update a single process would make with each index once, without a host sync.
     """
-    if not distributed.is_distributed():
+    if not collectives.is_distributed():
         return (y, *values)
     width = [v.shape[1] for v in values]
-    y_all, values_all = distributed.all_gather_equal(y, torch.cat([v.detach() for v in values], dim=1))
+    y_all, values_all = collectives.all_gather_equal(y, torch.cat([v.detach() for v in values], dim=1))
     return (y_all, *values_all[first_occurrence_positions(y_all)].split(width, dim=1))
 
 
@@ -245,8 +245,8 @@ class ContrastMemory(nn.Module):
         Under DDP the means are averaged over ranks (every rank then holds the same Z)."""
         with torch.no_grad():
             first_batch = torch.stack([exp_v1.mean(), exp_v2.mean()]) * self.memory_v1.shape[0]
-            if distributed.is_distributed():
-                first_batch = distributed.all_reduce_mean(first_batch)
+            if collectives.is_distributed():
+                first_batch = collectives.all_reduce_mean(first_batch)
             self.params[2:4] = torch.where(self.params[2:4] < 0, first_batch, self.params[2:4])
         return self.params[2:4].clone()
 

@@ -6,7 +6,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from helper.errors import UserError
-from helper.schedules import linear_warmup
 
 from .base import Distiller, Needs, register_distiller
 from .KD import normalize
@@ -53,7 +52,7 @@ class DKDloss(nn.Module):
 
 def warmup_factor(epoch, iteration, iters_per_epoch, warmup):
     """mdistiller's min(epoch / warmup, 1) for 1-based epochs; 1 when warmup is 0."""
-    return linear_warmup(epoch, warmup) if warmup > 0 else 1.0
+    return min(epoch / warmup, 1.0) if warmup > 0 else 1.0
 
 
 @register_distiller("dkd")

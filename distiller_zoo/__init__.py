@@ -19,7 +19,6 @@ from .CRD import CRDDistiller  # noqa: F401
 from .SemCKD import SemCKDLoss  # noqa: F401
 from .DKD import DKDloss  # noqa: F401
 from .CKD import CKDLoss  # noqa: F401
-from .CTKD import GradientReversal, Global_T  # noqa: F401
 from .CRCD import CRCDDistiller, CRCDLoss  # noqa: F401
 from .ReviewKD import ABF, hcl_loss  # noqa: F401
 from .OFD import OFDLoss  # noqa: F401
@@ -28,3 +27,11 @@ from .SRRL import SRRLDistiller  # noqa: F401
 from .DIST import DIST  # noqa: F401
 from .MLKD import MLKDLoss  # noqa: F401
 from .ICKD import ICKDLoss  # noqa: F401
+
+
+def __getattr__(name):
+    """CTKD's temperature modules, once importable here, now live with their plug-in (helper/plugins/ctkd.py)."""
+    if name in ("Global_T", "Instance_T", "GradientReversal"):
+        from helper.plugins import ctkd
+        return getattr(ctkd, name)
+    raise AttributeError(f"module 'distiller_zoo' has no attribute {name!r}")

@@ -12,7 +12,7 @@ from typing import Callable, ClassVar, Dict, FrozenSet, List, Optional, Tuple
 import torch
 from torch import nn
 
-from helper.errors import UserError
+from helper.registry import Registry, named
 
 
 @dataclass(frozen=True)
@@ -199,22 +199,14 @@ class Distiller(nn.Module):
         """Called once when the init stage ends (e.g. freeze a module trained only there)."""
 
 
-distiller_registry: Dict[str, type] = {}
+distiller_registry = Registry("--distill", on_register=named)
 
 
 def register_distiller(name):
     """Class decorator: make a Distiller subclass available as `--distill name`."""
-    def wrap(cls):
-        if name in distiller_registry:
-            raise ValueError(f"distiller {name!r} registered twice")
-        cls.name = name
-        distiller_registry[name] = cls
-        return cls
-    return wrap
+    return distiller_registry.register(name)
 
 
 def get_distiller_class(name):
     """Look up `--distill name`, failing with one line that lists the methods."""
-    if name not in distiller_registry:
-        raise UserError(f"unknown --distill {name!r}; choose one of: {', '.join(sorted(distiller_registry))}")
-    return distiller_registry[name]
+    return distiller_registry.lookup(name)

@@ -6,7 +6,12 @@ class UserError(Exception):
 
 
 class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
+    """The training loss became NaN or infinite; the run stops and keeps its last good checkpoint. `logged`: its one
+    line is already on the terminal and in train.log (the entry point prints nothing more)."""
+
+    def __init__(self, message, logged=False):
+        super().__init__(message)
+        self.logged = logged
 
 
 class Interrupted(KeyboardInterrupt):

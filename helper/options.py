@@ -1,17 +1,26 @@
-"""Flags shared by train_teacher.py and train_student.py (RepDistiller's names and defaults)."""
+"""The flags of train_teacher.py and train_student.py (RepDistiller's names and defaults), checked and resolved
+once; `--from_run RUN_FOLDER` replays a recorded run's flags; `run_cli` turns user mistakes into one line."""
 import argparse
 import errno
 import logging
 import math
+import os
 import re
 import shlex
 import sys
 import zlib
 
-from helper import distributed
+import distiller_zoo  # noqa: F401  registers every method
+from crd.memory import MEMORY_DTYPES
+from distiller_zoo.base import distiller_registry, get_distiller_class
+from helper.engine import distributed, fast
+from helper.engine.lr import parse_decay_epochs
 from helper.errors import Interrupted, NonFiniteLossError, UserError
-from helper.logger import setup_console_logging
-from helper.util import parse_decay_epochs, resolve_device
+from helper.plugins import add_plugin_args
+from helper.runs.logger import setup_console_logging
+from helper.runs.records import DamagedFile, read_json
+from helper.util import resolve_device
+from models import model_dict
 
 log = logging.getLogger("kd")
 SLOW_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")  # RepDistiller trains these with lr 0.01
@@ -62,7 +71,64 @@ def add_training_args(parser):
     p.add_argument("--allow_batch_change", action="store_true",
                    help="let --resume continue with a global batch (processes x --batch_size) other than the checkpoint's")
     p.add_argument("--no_progress", action="store_true", default=None, help="hide progress bars")
+    p.add_argument("--from_run", type=str, default=None,
+                   help="replay the run recorded in this run folder (its options.json): its flags, then the ones "
+                        "given here, which win; give another --trial (or --model_path) for a new folder")
     return p
+
+
+# Recorded flags a replay leaves out: how that process ran or what it did to its folder, not what it trained.
+NOT_REPLAYED = frozenset({"from_run", "resume", "overwrite", "plan", "dry_run", "device", "no_progress",
+                          "allow_batch_change"})
+
+
+def replayed_argv(parser, argv):
+    """`argv` with, in front, the flags that the options.json of `--from_run RUN_FOLDER` records (so that the
+    flags given explicitly, later, win); `argv` itself without --from_run. One line when a recorded value no longer
+    parses."""
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--from_run", default=None)
+    folder = probe.parse_known_args(list(argv))[0].from_run
+    if folder is None:
+        return list(argv)
+    return recorded_flags(parser, folder) + list(argv)
+
+
+def recorded_flags(parser, folder):
+    """The command-line flags of the run recorded in `folder`/options.json, each checked against this parser."""
+    path = os.path.join(folder, "options.json")
+    if not os.path.isfile(path):
+        raise UserError(f"--from_run {folder}: no options.json there; give a run folder written by train_teacher.py "
+                        "or train_student.py")
+    try:
+        options = read_json(path, {})
+    except DamagedFile as e:
+        raise UserError(f"--from_run {folder}: {e}") from None
+    tokens = []
+    for action in parser._actions:
+        if not action.option_strings or action.dest in NOT_REPLAYED or options.get(action.dest) is None:
+            continue
+        tokens += recorded_tokens(action, options[action.dest], folder)
+    return tokens
+
+
+def recorded_tokens(action, value, folder):
+    """[flag, value] (or [flag] for a switch that was on) of one recorded option, checked as the parser would."""
+    flag = max(action.option_strings, key=len)
+    if action.nargs == 0:
+        if not isinstance(value, bool):
+            raise UserError(f"--from_run {folder}: options.json records {flag} {value!r}, not true/false; pass "
+                            f"{flag} explicitly or replay another run")
+        return [flag] if value and value != action.default else []
+    text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+    try:
+        converted = action.type(text) if action.type else text
+    except (TypeError, ValueError):
+        converted = None
+    if converted is None or (action.choices is not None and converted not in action.choices):
+        raise UserError(f"--from_run {folder}: options.json records {flag} {text}, which this version no longer "
+                        f"accepts; pass {flag} explicitly to replace it")
+    return [flag, text]
 
 
 def explicit_dests(parser, argv):
@@ -153,6 +219,104 @@ def apply_default_lr(opt, model_name, logger=log):
         logger.info("learning rate set to 0.01 for %s (RepDistiller's setting for this network)", model_name)
 
 
+def teacher_parser():
+    parser = argparse.ArgumentParser(description="Train a teacher network (cross-entropy only).")
+    add_training_args(parser)
+    parser.add_argument("--model", type=str, default="resnet110", help="network name from models.model_dict")
+    parser.add_argument("--model_path", type=str, default="./save/models", help="where run folders go")
+    parser.add_argument("--tb_path", type=str, default="./save/tensorboard", help="where TensorBoard logs go")
+    fast.add_fast_args(parser)
+    return parser
+
+
+def finish_teacher_options(opt):
+    """A teacher run's options, checked, with its run folders (RepDistiller's names)."""
+    if opt.model not in model_dict:
+        raise UserError(f"unknown --model {opt.model!r}; choose one of: {', '.join(sorted(model_dict))}")
+    apply_default_lr(opt, opt.model)
+    finish_training_args(opt)
+    fast.check_fast_args(opt)
+    opt.model_name = f"{opt.model}_{opt.dataset}_lr_{opt.learning_rate}_decay_{opt.weight_decay}_trial_{opt.trial}"
+    opt.save_folder = os.path.join(opt.model_path, opt.model_name)
+    opt.tb_folder = os.path.join(opt.tb_path, opt.model_name)
+    return opt
+
+
+def parse_teacher_options(argv=None):
+    """The options of a teacher run from its command line (with the flags of --from_run in front)."""
+    parser = teacher_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return finish_teacher_options(parser.parse_args(replayed_argv(parser, argv)))
+
+
+def student_parser():
+    parser = argparse.ArgumentParser(description="Distil a student network from a trained teacher.")
+    add_training_args(parser)
+    p = parser.add_argument_group("distillation")
+    p.add_argument("--path_t", "--path-t", dest="path_t", type=str, default=None, help="teacher checkpoint ({'model': state_dict} file)")
+    p.add_argument("--model_s", type=str, default="resnet8",
+                   help="student network name (resnet8); a comma-separated list trains one student per name")
+    p.add_argument("--distill", type=str, default="kd",
+                   help="method: " + ", ".join(sorted(distiller_registry)) + "; a comma-separated list trains one "
+                        "student per method in one process, sharing the teacher's forward pass")
+    p.add_argument("--plan", type=str, default=None,
+                   help="a file with one line of flags per student (as the lines of scripts/run_cifar_distill.sh), "
+                        "appended to this command line's; the students share one process and one teacher pass")
+    p.add_argument("-r", "--gamma", type=float, default=None, help="weight of the classification loss (recipe)")
+    p.add_argument("-a", "--alpha", type=float, default=None, help="weight of the KL divergence to the teacher (recipe)")
+    p.add_argument("-b", "--beta", type=float, default=None, help="weight of the method's own loss terms (recipe)")
+    p.add_argument("--no_recipe", action="store_true",
+                   help="do not fill unset flags from the method's published recipe (helper/recipes.py)")
+    p.add_argument("--kd_T", type=float, default=4, help="temperature of the KL term (4)")
+    p.add_argument("--feat_dim", type=int, default=128, help="embedding dimension of CRD/CC (128)")
+    p.add_argument("--mode", type=str, default="exact", choices=["exact", "relax"], help="CRD positive mode")
+    p.add_argument("--nce_k", type=int, default=16384, help="CRD negatives per sample (16384)")
+    p.add_argument("--nce_t", type=float, default=0.07, help="CRD temperature (0.07)")
+    p.add_argument("--nce_m", type=float, default=0.5, help="CRD memory momentum (0.5)")
+    p.add_argument("--memory_dtype", type=str, default="float32", choices=list(MEMORY_DTYPES),
+                   help="storage of CRD/CRCD memory banks; bfloat16 halves them, scores stay float32 (float32)")
+    p.add_argument("--percent", type=float, default=1.0, help="fraction of each class's negatives CRD draws from")
+    p.add_argument("--hint_layer", type=int, default=2, choices=[0, 1, 2, 3, 4], help="FitNet feature index (2)")
+    p.add_argument("--init_epochs", type=int, default=30, help="init-stage epochs of abound/factor/fsp (30)")
+    p.add_argument("--model_path", type=str, default="./save/student_model", help="where run folders go")
+    p.add_argument("--tb_path", type=str, default="./save/student_tensorboards", help="TensorBoard logs")
+    p.add_argument("--dry_run", action="store_true", help="build data, models and method, run no step, exit")
+    add_plugin_args(parser)
+    fast.add_fast_args(parser)
+    for name in sorted(distiller_registry):
+        distiller_registry[name].add_args(parser.add_argument_group(f"--distill {name}"))
+    return parser
+
+
+def finish_student_options(opt):
+    if opt.path_t is None:
+        raise UserError("--path_t is required: the teacher checkpoint to distil from")
+    if "," not in opt.distill:
+        get_distiller_class(opt.distill)
+    for name in opt.model_s.split(","):
+        if name not in model_dict:
+            raise UserError(f"unknown --model_s {name!r}; choose one of: {', '.join(sorted(model_dict))}")
+    for name in opt.distill.split(","):
+        get_distiller_class(name)
+    if "," not in opt.model_s:
+        apply_default_lr(opt, opt.model_s)
+    for flag in ("kd_T", "nce_t"):
+        value = getattr(opt, flag)
+        if not value > 0 or value == float("inf"):
+            raise UserError(f"--{flag} must be a positive number, got {value}")
+    for flag in ("gamma", "alpha", "beta"):  # -r, -a, -b; unset ones come from the recipe
+        check_finite(opt, flag, 0)
+    if opt.init_epochs < 0:
+        raise UserError(f"--init_epochs must be >= 0, got {opt.init_epochs}")
+    if not 0 < opt.percent <= 1:
+        raise UserError(f"--percent must be in (0, 1], got {opt.percent}")
+    if opt.nce_k <= 0:
+        raise UserError(f"--nce_k must be positive, got {opt.nce_k}")
+    finish_training_args(opt)
+    fast.check_fast_args(opt)
+    return opt
+
+
 def run_cli(main):
     """Run `main()`; user mistakes and a full disk become one `error:` line (exit 2), a NaN loss one line (exit 1),
     Ctrl-C one line saying what is kept and how to continue (exit 130).
@@ -165,7 +329,7 @@ def run_cli(main):
     except UserError as e:
         stop(f"error: {e}", 2)
     except NonFiniteLossError as e:
-        stop(None if getattr(e, "logged", False) else f"error: {e}", 1)
+        stop(None if e.logged else f"error: {e}", 1)
     except Interrupted as e:
         stop(f"error: interrupted (Ctrl-C); {e}; continue with: {resume_command(sys.argv)}", 130)
     except KeyboardInterrupt:

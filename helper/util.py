@@ -1,78 +1,12 @@
-"""Meters, accuracy, the learning-rate schedule, seeding, and checkpoints that describe themselves."""
-import math
-import os
-import pickle
+"""Small helpers any layer may use (they import nothing of the project but helper.errors): seeding, the device,
+options as plain types, whole numbers."""
+import logging
 import random
-import shutil
-import tempfile
 
 import numpy as np
 import torch
 
 from helper.errors import UserError
-
-
-class AverageMeter:
-    """Running average of a scalar; `update` accepts floats or device tensors without a host sync."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self):
-        self.sum = 0.0
-        self.count = 0
-
-    def update(self, val, n=1):
-        if torch.is_tensor(val):
-            val = val.detach().float()
-        self.sum = self.sum + val * n
-        self.count += n
-
-    @property
-    def avg(self):
-        total = self.sum.item() if torch.is_tensor(self.sum) else self.sum
-        return total / max(self.count, 1)
-
-
-def accuracy(output, target, topk=(1,)):
-    """Top-k accuracies in percent, as tensors on the logits' device. output [B, C], target [B]."""
-    maxk = min(max(topk), output.shape[1])
-    pred = output.topk(maxk, dim=1).indices
-    correct = pred.eq(target.view(-1, 1))
-    batch = target.shape[0]
-    return [correct[:, :min(k, maxk)].any(dim=1).float().sum() * (100.0 / batch) for k in topk]
-
-
-def parse_decay_epochs(text):
-    """'150,180,210' -> [150, 180, 210], with a one-line error naming the flag."""
-    try:
-        return [int(e) for e in str(text).split(",") if e.strip()]
-    except ValueError:
-        raise UserError(f"--lr_decay_epochs must be comma-separated integers, got {text!r}") from None
-
-
-def step_lr(epoch, base_lr, decay_epochs, decay_rate):
-    """RepDistiller's step schedule: lr * rate^(number of milestones strictly below `epoch`, 1-based)."""
-    steps = sum(1 for milestone in decay_epochs if epoch > milestone)
-    return base_lr * (decay_rate ** steps)
-
-
-def cosine_lr(epoch, base_lr, total_epochs, min_lr=0.0):
-    """Cosine annealing evaluated at the start of 1-based `epoch`."""
-    progress = (epoch - 1) / max(total_epochs, 1)
-    return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * progress))
-
-
-def lr_at_epoch(epoch, opt):
-    """Learning rate for 1-based `epoch` from the options (a pure function of the epoch)."""
-    if getattr(opt, "lr_schedule", "step") == "cosine":
-        return cosine_lr(epoch, opt.learning_rate, opt.epochs)
-    return step_lr(epoch, opt.learning_rate, opt.lr_decay_epochs, opt.lr_decay_rate)
-
-
-def set_lr(optimizer, lr):
-    for group in optimizer.param_groups:
-        group["lr"] = lr * group.get("lr_scale", 1.0)
 
 
 def set_seed(seed):
@@ -108,113 +42,18 @@ def plain_options(opt):
     return {k: plain(v) for k, v in sorted(vars(opt).items())}
 
 
-def save_atomic(obj, path):
-    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
-    _write_atomic(path, lambda f: torch.save(obj, f))
-
-
-def copy_atomic(src, path):
-    """Copy a written checkpoint to `path` the same atomic way (no second serialisation)."""
-    with open(src, "rb") as source:
-        _write_atomic(path, lambda f: shutil.copyfileobj(source, f))
-
-
-def write_text_atomic(path, text):
-    """Write `text` (UTF-8) the same atomic way: the file holds the old text or the new, never part of one."""
-    _write_atomic(path, lambda f: f.write(text.encode()))
-
-
-def _write_atomic(path, write):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def load_checkpoint(path):
-    """Load a checkpoint file with weights_only=True, with a one-line error if it is missing or unreadable."""
-    if os.path.isdir(path):
-        raise UserError(f"checkpoint {path} is a directory; give the .pth file inside it (e.g. <arch>_best.pth)")
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} does not exist")
-    if os.path.getsize(path) == 0:
-        raise UserError(f"checkpoint {path} is empty (0 bytes); was its write interrupted?")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
-        raise UserError(f"{path} is not a checkpoint this tool can load safely ({unreadable_reason(e)}): it is "
-                        "damaged, not written by torch.save, or holds objects other than tensors and plain "
-                        "values") from None
-
-
-def unreadable_reason(error):
-    """The cause of a failed torch.load(weights_only=True) in a few words, without torch's advice to load the file
-    with weights_only=False (which would run whatever code a crafted file holds)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    useful = [line for line in lines if "weights_only" not in line and "Weights only load failed" not in line
-              and not line.startswith(("Please file an issue", "Check the documentation"))]
-    reason = useful[0].replace("WeightsUnpickler error: ", "").split(". ")[0].rstrip(".") if useful else ""
-    if isinstance(error, pickle.UnpicklingError) and reason:
-        return reason
-    return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
-
-
-def extract_state_dict(ckpt):
-    """The model weights of a RepDistiller-style `{'model': sd}` file, a torchvision file, or a raw state_dict."""
-    if isinstance(ckpt, dict):
-        for key in ("model", "state_dict"):
-            if key in ckpt and isinstance(ckpt[key], dict):
-                ckpt = ckpt[key]
-                break
-    if not isinstance(ckpt, dict) or not all(torch.is_tensor(v) for v in ckpt.values()):
-        raise UserError("checkpoint holds no state_dict (expected {'model': state_dict} or a state_dict)")
-    if ckpt and all(k.startswith("module.") for k in ckpt):
-        ckpt = {k[len("module."):]: v for k, v in ckpt.items()}
-    return ckpt
-
-
-def load_weights(model, state_dict, path, arch):
-    """Load strictly; on mismatch, one line saying which keys are missing, unexpected or mis-shaped."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shaped = [k for k in own if k in state_dict and tuple(own[k].shape) != tuple(state_dict[k].shape)]
-    if missing or unexpected or shaped:
-        def few(keys):
-            return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys: {few(missing)}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys: {few(unexpected)}")
-        if shaped:
-            detail = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in shaped]
-            parts.append(f"{len(shaped)} shape mismatches: {few(detail)}")
-        raise UserError(f"checkpoint {path} does not match architecture {arch}: " + "; ".join(parts))
-    model.load_state_dict(state_dict, strict=True)
-
-
 def is_integer(value):
     """A JSON/pickle value that is a whole number (True and False are not)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def write_output(path, flag, write):
-    """write(path) after making its folder; a path that cannot be written is a one-line UserError naming `flag`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        if not os.path.exists(folder):  # a file there: open() says "Not a directory"
-            os.makedirs(folder)
-        write(path)
-    except OSError as e:
-        raise UserError(f"cannot write {flag} {path}: {e.strerror or e}") from None
-    return path
+class RunLog(logging.LoggerAdapter):
+    """The "kd" logger for one run of a group: lines prefixed with the run's label and tagged for its train.log."""
+
+    def __init__(self, label):
+        super().__init__(logging.getLogger("kd"), {"run": label})
+        self.label = label
+
+    def process(self, msg, kwargs):
+        kwargs.setdefault("extra", {}).update(self.extra)
+        return (f"[{self.label}] {msg}" if self.label else msg), kwargs

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from crd.memory import ContrastMemory  # noqa: E402
 from crd.relation import RelationMemory  # noqa: E402
-from helper import fast  # noqa: E402
+from helper.engine import fast  # noqa: E402
 
 N_ROWS, DIM, K = 20, 8, 5
 GLOBAL_Y = (torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([6, 7, 1, 1, 8, 9]))

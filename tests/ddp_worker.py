@@ -70,7 +70,7 @@ def main():
 
     import train_student
     import train_teacher
-    from helper import run as run_module
+    from helper.engine import trainee as run_module
     from helper.options import run_cli
     script = {"teacher": train_teacher, "student": train_student}[kind]
     trained = []

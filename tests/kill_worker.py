@@ -61,11 +61,11 @@ def stop_before_step(number):
 
 
 def stop_inside_write(point, epoch):
-    """Wrap helper.util._write_atomic (behind save_atomic and copy_atomic): die half-way through the temporary
+    """Wrap helper.files._write_atomic (behind save_atomic and copy_atomic): die half-way through the temporary
     file of the write of `point` (last/best/ckpt_epoch) whose checkpoint holds `epoch`."""
     import torch
-    from helper import util
-    real_write_atomic = util._write_atomic
+    from helper.runs import files
+    real_write_atomic = files._write_atomic
 
     def write_atomic(path, write):
         if kind_of(path) != point:
@@ -85,7 +85,7 @@ def stop_inside_write(point, epoch):
             f.write(data[len(data) // 2:])  # reached only after SIGSTOP and SIGCONT
         return real_write_atomic(path, half_then_die)
 
-    util._write_atomic = write_atomic
+    files._write_atomic = write_atomic
 
 
 def main():

@@ -1,22 +1,19 @@
-"""Students built and trained in memory exactly as train_student.py builds them (helper.assembly), for unit tests."""
+"""Students built and trained in memory exactly as train_student.py builds them (helper.session.memory), with the
+test defaults (cpu, no workers, no progress bar) and a random teacher."""
 from types import SimpleNamespace
 
 import torch
 
-import train_student
-from helper import distributed
-from helper.assembly import Shared, build_student, student_trainee
-from helper.loops import train_epoch
-from helper.options import explicit_dests
-from helper.recipes import apply_recipe
+from helper.session.memory import student_options, trainable_student
+from helper.student.build import Shared
 from models import build_model
 
 
 def parse(*args):
-    """A student's options from flags, with the test defaults (cpu, no workers, no progress bar)."""
-    argv = ["--path_t", "unused.pth", "--device", "cpu", "--num_workers", "0", "--no_progress", *args]
-    opt = train_student.parse_option(argv)
-    opt.explicit = explicit_dests(train_student.build_parser(), argv)
+    """A student's options from flags, with the test defaults; `opt.explicit` keeps the flags given."""
+    opt, explicit = student_options(["--path_t", "unused.pth", "--device", "cpu", "--num_workers", "0",
+                                     "--no_progress", *args])
+    opt.explicit = explicit
     return opt
 
 
@@ -32,17 +29,11 @@ def shared_for(teacher_name, classes, n_data, input_size=32, targets=None):
 
 
 def built(opt, shared, record=False):
-    """The student of `opt` (recipe applied for unset flags) with an in-memory Trainee."""
-    apply_recipe(opt, shared.teacher_arch, getattr(opt, "explicit", set()))
-    s = build_student(opt, shared)
-    s.trainee = student_trainee(s, shared)
-    s.trainee.history = [] if record else None
-    return s
+    """The student of `opt` (recipe applied for unset flags) with an in-memory Trainee (per-step losses kept in
+    trainee.history when `record`)."""
+    return trainable_student(opt, shared, getattr(opt, "explicit", frozenset()), keep_history=record)
 
 
 def train(s, shared, batches, epoch=1):
     """One epoch of the real loop over `batches` (a list of loader items); returns the epoch's averages."""
-    train_epoch(epoch, batches, [s.trainee], torch.device(s.opt.device), teacher=shared.teacher)
-    if s.trainee.failed:
-        raise AssertionError(s.trainee.failed)
-    return distributed.reduce_meters(s.trainee.meters, s.opt.device)
+    return s.train_epoch(batches, epoch)

@@ -12,7 +12,7 @@ import torch
 
 import train_student
 import train_teacher
-from helper import evaluate
+from helper.tools import evaluate
 from helper.errors import UserError
 from models import build_model
 from tests.test_dataset import make_image_folder

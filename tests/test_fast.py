@@ -18,10 +18,11 @@ from dataset.cifar100 import CIFAR100_MEAN, CIFAR100_STD
 from dataset.gpu_loader import GpuResidentLoader
 from distiller_zoo.base import Batch, StepContext, distiller_registry
 from distiller_zoo.CRD import contrast_indices
-from helper import fast
-from helper.assembly import student_trainee
+from helper.engine import fast
+from helper.session.memory import TrainableStudent
+from helper.student.build import student_trainee
 from helper.errors import UserError
-from helper.loops import TeacherOutputs, train_epoch
+from helper.engine.loop import TeacherOutputs, train_epoch
 from models import build_model
 from tests.student_utils import built, parse, shared_for
 
@@ -76,8 +77,8 @@ class Run:
             setattr(other.opt, name, value)
         fast.check_fast_args(other.opt)
         fast.prepare_models(other.opt, other.student, other.teacher, extra=[other.distiller])
-        other.s.trainee = student_trainee(other.s, other.shared)
-        other.s.trainee.history = []
+        other.s = TrainableStudent(other.s.built, other.shared,
+                                   student_trainee(other.s.built, other.shared, keep_history=True))
         return other
 
     @property
@@ -86,11 +87,11 @@ class Run:
 
     def train(self, batches, epoch=1):
         """One epoch of the real loop over `batches`; returns the per-step losses (float) and the stats."""
-        self.trainee.history = []
+        start = len(self.trainee.history)
         train_epoch(epoch, [tuple(t.clone() for t in items) for items in batches], [self.trainee], "cpu",
                     teacher=self.teacher)
         assert self.trainee.failed is None, self.trainee.failed
-        return [float(loss) for loss in self.trainee.history], self.trainee.meters
+        return [float(loss) for loss in self.trainee.history[start:]], self.trainee.meters
 
     def parameters(self):
         modules = [self.student, self.distiller] + ([self.temp_module] if self.temp_module is not None else [])
@@ -400,7 +401,7 @@ def test_bench_kd_quick_prints_the_table():
 
 PAGE_FAULTS_PROBE = """
 import ctypes, resource, sys
-from helper import fast
+from helper.engine import fast
 if sys.argv[1] == "tuned":
     assert fast.tune_cpu_allocator()
 libc = ctypes.CDLL("libc.so.6")
@@ -428,7 +429,7 @@ def test_tuned_cpu_malloc_reuses_freed_blocks_instead_of_faulting_in_new_pages()
 
 
 def test_cpu_malloc_is_tuned_on_cpu_runs_only_and_stays_out_of_the_protocol():
-    from helper.protocol import experiment_flags
+    from helper.runs.protocol import experiment_flags
     opt = parse("--distill", "kd")  # --device cpu, default --cpu_malloc tuned
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert opt.cpu_malloc == "tuned" and opt.cpu_malloc_tuned is glibc

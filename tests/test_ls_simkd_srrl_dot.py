@@ -13,7 +13,7 @@ from torch import nn
 from distiller_zoo.base import ModelOutput, ProbeShapes, StepContext, get_distiller_class
 from distiller_zoo.DKD import DKDloss, dkd_loss
 from distiller_zoo.KD import DistillKL, DistillKL_logit_stand, normalize
-from helper.dot import DistillationOrientedTrainer
+from helper.plugins.dot import DistillationOrientedTrainer
 from helper.errors import UserError
 from models import build_model
 from models.util import SRRL, SimKD

@@ -3,11 +3,9 @@ import pytest
 import torch
 
 from distiller_zoo.base import distiller_registry
-from helper.assembly import build_init_trainee
 from helper.errors import UserError
-from helper.logger import RunLogger
-from helper.loops import train_epoch
-from helper.weights import TermWeights
+from helper.engine.loop import train_epoch
+from helper.engine.weights import TermWeights
 from tests.student_utils import built, parse, shared_for, train
 
 N_DATA, BATCH, NCE_K, CLASSES = 64, 8, 16, 10
@@ -62,7 +60,7 @@ def test_one_step_trains_student_and_method_and_leaves_teacher_alone(name):
     loader = one_batch(s.distiller.needs)
     teacher_before = snapshot(shared.teacher)
     if s.distiller.needs.init_stage:
-        init = build_init_trainee(s, shared, RunLogger(None, enabled=False))
+        init = s.init_trainee()
         init_modules = init.train_modules[0]
         init_before = snapshot(init_modules)
         train_epoch(1, loader, [init], torch.device("cpu"), teacher=shared.teacher)

@@ -9,9 +9,9 @@ import torch
 import train_student
 from dataset import build_loaders
 from distiller_zoo.base import distiller_registry
-from helper.assembly import probe_shapes
+from helper.student.build import probe_shapes
 from helper.errors import UserError
-from helper.loops import validate
+from helper.engine.loop import validate
 from models import build_model
 from tests.student_utils import parse
 from tests.test_group import FMNIST, assert_same_run, common, folders, records

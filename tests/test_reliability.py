@@ -14,8 +14,9 @@ import torch
 
 import train_student
 import train_teacher
+from helper.student.teacher import load_teacher
 from helper.errors import UserError
-from helper.util import load_checkpoint
+from helper.runs.files import load_checkpoint
 from models import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -191,7 +192,7 @@ TEACHER_FILES = [("missing", "does not exist"), ("directory", "is a directory"),
 def test_an_unusable_teacher_file_is_one_line_that_says_why(tmp_path, kind, says):
     path = write_teacher_file(tmp_path, kind)
     with pytest.raises(UserError) as err:
-        train_student.load_teacher(str(path), 10, torch.device("cpu"))
+        load_teacher(str(path), 10, torch.device("cpu"))
     assert_one_line(err, str(path), says)
     assert "weights_only" not in str(err.value)
     assert not (tmp_path / "pwned").exists()

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import train_student
+import helper.session.teacher
 import train_teacher
-from helper import util
+from helper.runs import files as run_files
 from helper.errors import UserError
 from helper.options import run_cli
 from tests.test_reliability import (ENV, ROOT, assert_error_line, assert_one_line, cli, needs_fmnist, only_folder,
@@ -196,8 +197,8 @@ def test_a_resume_in_a_folder_that_never_held_a_run_is_still_refused(tmp_path):
 
 # ---- 7: the first evaluated epoch is the best so far ----------------------------------------------------------------
 def test_a_run_whose_accuracy_is_zero_still_has_a_best_epoch(tmp_path, monkeypatch):
-    import helper.run
-    monkeypatch.setattr(helper.run, "validate", lambda *args: (0.0, 0.0, 2.3))
+    import helper.engine.trainee
+    monkeypatch.setattr(helper.engine.trainee, "validate", lambda *args: (0.0, 0.0, 2.3))
     state = train_teacher.main(teacher_args(tmp_path))
     folder = only_folder(tmp_path, "models")
     assert (state.best_acc, state.best_epoch) == (0.0, 1)
@@ -206,7 +207,7 @@ def test_a_run_whose_accuracy_is_zero_still_has_a_best_epoch(tmp_path, monkeypat
 
 # ---- 8-9: a full disk and Ctrl-C end with one line: what is kept, and --resume ---------------------------------------
 def test_a_full_disk_is_one_line_saying_what_is_kept_and_that_resume_continues(tmp_path, monkeypatch, capsys):
-    real_write, written = util._write_atomic, []
+    real_write, written = run_files._write_atomic, []
 
     def write_atomic(path, write):
         if path.endswith("_last.pth"):
@@ -215,11 +216,11 @@ def test_a_full_disk_is_one_line_saying_what_is_kept_and_that_resume_continues(t
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(path, write)
 
-    monkeypatch.setattr(util, "_write_atomic", write_atomic)
+    monkeypatch.setattr(run_files, "_write_atomic", write_atomic)
     args = teacher_args(tmp_path, "--epochs", "2")
     code, stderr = run_cli_in_process(capsys, args)
     assert_error_line(code, stderr, 2, "disk", "full", "resnet8_last.pth, epoch 1", "is kept", "--resume")
-    monkeypatch.setattr(util, "_write_atomic", real_write)
+    monkeypatch.setattr(run_files, "_write_atomic", real_write)
     train_teacher.main(args + ["--resume"])
     assert steps(only_folder(tmp_path, "models")) == [1, 2]
 
@@ -247,7 +248,7 @@ def test_ctrl_c_before_training_says_to_rerun_the_command(tmp_path, monkeypatch,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_teacher, "build_loaders", interrupted)
+    monkeypatch.setattr(helper.session.teacher, "build_loaders", interrupted)
     code, stderr = run_cli_in_process(capsys, teacher_args(tmp_path))
     assert_error_line(code, stderr, 130, "interrupted (Ctrl-C)", "no training epoch was in progress", "rerun")
 
@@ -256,7 +257,7 @@ def test_a_full_disk_outside_the_epochs_is_one_line(tmp_path, monkeypatch, capsy
     def disk_full(path, write):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
-    monkeypatch.setattr(util, "_write_atomic", disk_full)  # the first write: options.json
+    monkeypatch.setattr(run_files, "_write_atomic", disk_full)  # the first write: options.json
     code, stderr = run_cli_in_process(capsys, teacher_args(tmp_path))
     assert_error_line(code, stderr, 2, "no space left", "options.json", "free some space")
 

@@ -2,7 +2,8 @@
 import pytest
 
 from helper.errors import UserError
-from helper.schedules import MIMIC_SCHEDULES, linear_warmup, mimic_weight, task_weight
+from distiller_zoo.DKD import warmup_factor
+from helper.plugins.mimic import MIMIC_SCHEDULES, mimic_weight, task_weight
 
 CIFAR_250 = 250 * 782  # CRCD's CIFAR recipe: 250 epochs of 782 iterations (batch 64)
 
@@ -68,4 +69,8 @@ def test_the_schedule_list_names_every_schedule_and_unknown_names_fail_naming_th
 @pytest.mark.parametrize("epoch, warmup, expected", [(0, 20, 0.0), (1, 20, 0.05), (10, 20, 0.5), (20, 20, 1.0),
                                                      (240, 20, 1.0), (3, 4, 0.75)])
 def test_linear_warmup_is_dkds_min_epoch_over_warmup_and_one(epoch, warmup, expected):
-    assert linear_warmup(epoch, warmup) == pytest.approx(expected, abs=1e-15)
+    assert warmup_factor(epoch, 0, 782, warmup) == pytest.approx(expected, abs=1e-15)
+
+
+def test_no_warmup_is_a_factor_of_one():
+    assert warmup_factor(1, 0, 782, 0) == 1.0

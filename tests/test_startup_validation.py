@@ -14,6 +14,7 @@ import train_student
 import train_teacher
 from dataset import build_loaders
 from dataset.fashion_mnist import load_fashion_mnist
+from helper.student.teacher import load_teacher
 from helper.errors import UserError
 from models import build_model
 from tests.test_reliability import FMNIST, assert_error_line, assert_one_line, cli, needs_fmnist, student_args, \
@@ -147,7 +148,7 @@ def save_teacher(tmp_path, **fields):
 def test_a_teacher_checkpoint_with_a_mistyped_field_is_one_line_naming_it(tmp_path, fields, says):
     path = save_teacher(tmp_path, **fields)
     with pytest.raises(UserError) as err:
-        train_student.load_teacher(path, 10, torch.device("cpu"))
+        load_teacher(path, 10, torch.device("cpu"))
     assert_one_line(err, f"--path_t {path}", says)
 
 
@@ -158,7 +159,7 @@ def test_a_teacher_with_non_finite_weights_is_refused_at_load(tmp_path, value):
     path = tmp_path / "teacher.pth"
     torch.save({"model": state, "arch": "resnet8", "num_classes": 10}, path)
     with pytest.raises(UserError) as err:
-        train_student.load_teacher(str(path), 10, torch.device("cpu"))
+        load_teacher(str(path), 10, torch.device("cpu"))
     assert_one_line(err, f"--path_t {path}", "fc.weight", "NaN or inf")
 
 

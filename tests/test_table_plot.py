@@ -16,10 +16,11 @@ import torch
 
 import train_student
 import train_teacher
-from helper import plot, table
+from helper.runs import curves
+from helper.tools import plot, table
 from helper.errors import UserError
-from helper.logger import RunLogger
-from helper.protocol import experiment_flags
+from helper.runs.logger import RunLogger
+from helper.runs.protocol import experiment_flags
 from helper.recipes import apply_recipe
 from models import build_model, model_dict
 from tests.student_utils import parse
@@ -289,14 +290,14 @@ def test_a_real_run_in_the_table(ctkd_run):
 
 def test_plot_writes_a_png_with_every_panel(ctkd_run, tmp_path):
     kd = write_runs(tmp_path / "student", "kd", student_flags("resnet32x4", "resnet8x4", "--distill", "kd"), KD_RUNS)
-    fig = plot.draw_runs([str(ctkd_run), kd[0]])
+    fig = curves.draw_runs([str(ctkd_run), kd[0]])
     titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_title()]
     plt.close(fig)
     assert titles[:2] == ["test top-1", "training loss"]
     assert sum(t.startswith("loss terms: ") for t in titles) == 2
-    ctkd_label = plot.short_labels([str(ctkd_run), kd[0]])[0]
+    ctkd_label = curves.short_labels([str(ctkd_run), kd[0]])[0]
     assert [t for t in titles if t.startswith("CTKD")] == [f"CTKD temperature: {ctkd_label}"]
-    out = plot.plot_runs([str(ctkd_run), kd[0]], str(tmp_path / "figs" / "both.png"))
+    out = curves.plot_runs([str(ctkd_run), kd[0]], str(tmp_path / "figs" / "both.png"))
     image = matplotlib.image.imread(out)
     assert os.path.getsize(out) > 0 and image.shape[0] > 100 and image.shape[1] > 100
     assert plot.main([str(ctkd_run)]) == str(ctkd_run / "curves.png")  # one run: its own curves.png

@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from helper import evaluate, plot, table
+from helper.runs import curves
+from helper.tools import evaluate, plot, table
 from helper.errors import UserError
 from tests.test_table_plot import KD_RUNS, SHA_A, expected_cell, student_cells, student_flags, write_run
 
@@ -146,7 +147,7 @@ def test_plot_skips_records_whose_values_are_not_finite_numbers(tmp_path, caplog
     folder = kd_run(tmp_path, "kd")
     append_log(folder, json.dumps({**EPOCH, "test_acc": value}).encode() + b"\n")
     append_log(folder, json.dumps({**EPOCH, "step": 5, "test_acc": 75.0}).encode() + b"\n")
-    fig = plot.draw_runs([folder])
+    fig = curves.draw_runs([folder])
     assert plotted(fig)["kd"] == ([1, 2, 3, 5], KD_RUNS[0] + [75.0])
     assert f"{folder}: log.jsonl: 1 damaged line skipped (line 4: test_acc {json.dumps(value)} is not a finite " \
            "number)" in caplog.messages
@@ -155,7 +156,7 @@ def test_plot_skips_records_whose_values_are_not_finite_numbers(tmp_path, caplog
 def test_plot_skips_a_non_utf8_record(tmp_path, caplog):
     folder = kd_run(tmp_path, "kd")
     DAMAGES["log_not_utf8"][0](folder)
-    fig = plot.draw_runs([folder])
+    fig = curves.draw_runs([folder])
     assert plotted(fig)["kd"] == ([1, 2, 3], KD_RUNS[0])
     assert f"{folder}: {DAMAGES['log_not_utf8'][1]}" in caplog.messages
 
@@ -165,7 +166,7 @@ def test_plot_skips_a_damaged_folder_and_keeps_the_others(tmp_path, caplog):
     foreign = tmp_path / "kd_foreign"
     foreign.mkdir()
     (foreign / "log.jsonl").write_bytes(b"\x89PNG\r\n\x1a\n")
-    fig = plot.draw_runs([good, str(foreign)])
+    fig = curves.draw_runs([good, str(foreign)])
     assert list(plotted(fig)) == ["kd_good"]  # labels tell the plotted runs apart
     assert [m for m in caplog.messages if m.startswith("skipped ")] == [
         f"skipped {foreign}: log.jsonl: 2 damaged lines skipped (line 1: not UTF-8 text, ...); no epoch left to plot"]

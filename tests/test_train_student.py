@@ -9,8 +9,9 @@ import torch
 
 import train_student
 import train_teacher
+from helper.student.teacher import load_teacher, teacher_name_from_path
 from helper.errors import UserError
-from helper.group import read_plan
+from helper.student.plan import read_plan
 from models import build_model
 from tests.cifar_fixture import make_fake_cifar100
 
@@ -73,7 +74,7 @@ def test_published_teacher_without_arch_is_found_from_its_folder_name(tmp_path):
     folder.mkdir()
     model = build_model("resnet8", 10)
     torch.save({"model": model.state_dict(), "epoch": 240}, folder / "ckpt_epoch_240.pth")
-    teacher, arch = train_student.load_teacher(str(folder / "ckpt_epoch_240.pth"), 10, torch.device("cpu"))
+    teacher, arch = load_teacher(str(folder / "ckpt_epoch_240.pth"), 10, torch.device("cpu"))
     assert arch == "resnet8" and not teacher.training
     assert not any(p.requires_grad for p in teacher.parameters())
 
@@ -82,7 +83,7 @@ def test_teacher_checkpoint_of_another_architecture_is_a_one_line_error(tmp_path
     path = tmp_path / "t.pth"
     torch.save({"model": build_model("resnet8", 10).state_dict(), "arch": "resnet20"}, path)
     with pytest.raises(UserError) as err:
-        train_student.load_teacher(str(path), 10, torch.device("cpu"))
+        load_teacher(str(path), 10, torch.device("cpu"))
     assert "does not match architecture resnet20" in str(err.value) and "\n" not in str(err.value)
 
 
@@ -143,7 +144,7 @@ def published_teacher(tmp_path_factory):
 
     def get(path):
         if path not in made:
-            arch = "resnet8x4_double" if "resnet8x4_double_best" in path else train_student.teacher_name_from_path(path)
+            arch = "resnet8x4_double" if "resnet8x4_double_best" in path else teacher_name_from_path(path)
             teacher = root / str(len(made)) / f"{arch}_vanilla" / "ckpt_epoch_240.pth"
             teacher.parent.mkdir(parents=True)
             ckpt = {"model": build_model(arch, 100).state_dict()}  # published style: arch from the folder name ...

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from helper.errors import UserError
-from helper.util import (accuracy, extract_state_dict, load_checkpoint, load_weights, parse_decay_epochs,
-                         save_atomic, step_lr, cosine_lr)
+from helper.engine.meters import accuracy
+from helper.runs.files import extract_state_dict, load_checkpoint, load_weights, save_atomic
+from helper.engine.lr import parse_decay_epochs, step_lr, cosine_lr
 
 
 def test_step_lr_matches_repdistiller_milestones():
@@ -87,7 +88,7 @@ def test_load_checkpoint_missing_file_is_a_user_error(tmp_path):
 
 
 def test_copy_atomic_duplicates_a_checkpoint_without_temporary_files(tmp_path):
-    from helper.util import copy_atomic
+    from helper.runs.files import copy_atomic
     src = str(tmp_path / "last.pth")
     save_atomic({"epoch": 7}, src)
     copy_atomic(src, str(tmp_path / "best.pth"))
@@ -104,7 +105,7 @@ def test_copy_atomic_duplicates_a_checkpoint_without_temporary_files(tmp_path):
 def test_resume_keeps_the_global_batch_across_process_counts(saved_world, world, batch, outcome, caplog):
     from argparse import Namespace
 
-    from helper.run import check_global_batch
+    from helper.runs.resume import check_global_batch
     saved = {"batch_size": 64, "world_size": saved_world}
     opt = Namespace(batch_size=batch, world_size=world, allow_batch_change=False)
     if outcome not in ("warn", "silent"):

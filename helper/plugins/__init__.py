@@ -19,6 +19,7 @@ from typing import ClassVar, Dict, List
 from torch import nn
 
 from helper.errors import UserError
+from helper.registry import Registry, named
 
 KINDS = ("temperature", "logit_transform", "weights", "optimizer")
 
@@ -89,20 +90,18 @@ class Plugin:
         return self.checkpoint_key or f"plugin_{self.name}"
 
 
-plugin_registry: Dict[str, type] = {}
+def check_kind(name, cls):
+    if cls.kind not in KINDS:
+        raise ValueError(f"plug-in {name!r} has kind {cls.kind!r}; choose one of {KINDS}")
+    named(name, cls)
+
+
+plugin_registry = Registry("plug-in", on_register=check_kind)
 
 
 def register_plugin(name):
     """Class decorator: make a Plugin subclass available to every run."""
-    def wrap(cls):
-        if name in plugin_registry:
-            raise ValueError(f"plug-in {name!r} registered twice")
-        if cls.kind not in KINDS:
-            raise ValueError(f"plug-in {name!r} has kind {cls.kind!r}; choose one of {KINDS}")
-        cls.name = name
-        plugin_registry[name] = cls
-        return cls
-    return wrap
+    return plugin_registry.register(name)
 
 
 def add_plugin_args(parser):

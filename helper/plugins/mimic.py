@@ -1,5 +1,5 @@
 """CRCD's loss-weight schedule as a plug-in (Zhu et al., CVPR 2021): --mimic_schedule, for every method."""
-from helper.schedules import MIMIC_SCHEDULES, mimic_weight, task_weight
+from helper.errors import UserError
 
 from . import Plugin, register_plugin
 
@@ -29,3 +29,45 @@ class MimicSchedule(Plugin):
         total = self.opt.epochs * iters_per_epoch
         name = self.opt.mimic_schedule
         return {"task": task_weight(name, step, total), "distill": mimic_weight(name, step, total)}
+
+
+MIMIC_SCHEDULES = ("constant", "240", "linear_decrease", "linear_decrease2", "exp_increase")
+
+
+EXP_ALPHA, EXP_FACTOR = 1, 2  # CRCD's defaults for exp_increase, never overridden there
+
+
+def _linear_mimic(iteration, total_iterations):
+    """1 for the first third, then 2 - iteration / third down to 0 at two thirds, then 0."""
+    third = total_iterations / 3
+    if iteration < third:
+        return 1.0
+    if iteration < third * 2:
+        return 2.0 - iteration / third
+    return 0.0
+
+
+def _weights(name, iteration, total_iterations):
+    """(task weight, mimic weight) of CRCD's schedule `name` at a 0-based iteration."""
+    if name == "constant":
+        return 1.0, 1.0
+    if name == "240":
+        return 1.0, 1.0 if iteration < total_iterations * 24.0 / 25 else 0.0
+    if name == "linear_decrease":
+        mimic = _linear_mimic(iteration, total_iterations)
+        return 1.0 - mimic, mimic
+    if name == "linear_decrease2":
+        return 1.0, _linear_mimic(iteration, total_iterations)
+    if name == "exp_increase":
+        return 1.0, float(EXP_ALPHA * EXP_FACTOR ** (iteration // (total_iterations / 3)))
+    raise UserError(f"unknown --mimic_schedule {name!r}; choose one of: {', '.join(MIMIC_SCHEDULES)}")
+
+
+def mimic_weight(name, iteration, total_iterations):
+    """CRCD's multiplier of the distillation terms at a 0-based `iteration` out of `total_iterations`."""
+    return _weights(name, iteration, total_iterations)[1]
+
+
+def task_weight(name, iteration, total_iterations):
+    """CRCD's multiplier of the cross-entropy (only linear_decrease changes it: 1 - mimic weight)."""
+    return _weights(name, iteration, total_iterations)[0]

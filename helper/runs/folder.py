@@ -19,18 +19,24 @@
 """
 import fcntl
 import glob
-import json
 import logging
 import os
 
 from helper.errors import UserError
-from helper.util import copy_atomic, load_checkpoint, write_text_atomic
+from helper.runs.files import copy_atomic, load_checkpoint
 
 log = logging.getLogger("kd")
 
+
 TEMP_PREFIX = ".tmp-"
+
+
 LOCK_NAME = ".lock"
+
+
 RUN_FILES = ("*.pth", "log.jsonl", "results.json", "options.json", "train.log", "curves.png")
+
+
 UNSAVED_FILES = ("log.jsonl", "results.json")  # what a run stopped before its first checkpoint leaves to drop
 
 
@@ -197,25 +203,3 @@ def saved_epoch(path):
         return load_checkpoint(path).get("epoch")
     except UserError:
         return None
-
-
-def truncate_log(folder, last_epoch):
-    """Keep the init-stage records and the epoch records up to `last_epoch` in <folder>/log.jsonl."""
-    path = os.path.join(folder, "log.jsonl")
-    if not os.path.isfile(path):
-        return
-    kept, damaged = [], 0
-    with open(path, errors="replace") as f:  # a byte that is not UTF-8 makes its line unreadable, not the file
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                damaged += bool(line.endswith("\n"))  # a last line cut by a kill is no damage
-                continue
-            if not isinstance(record, dict) or not isinstance(record.get("step", 0), int):
-                damaged += 1
-            elif record.get("kind") != "epoch" or record.get("step", 0) <= last_epoch:
-                kept.append(json.dumps(record))
-    if damaged:
-        log.warning("%s: dropped %d damaged line(s) while resuming", path, damaged)
-    write_text_atomic(path, "".join(line + "\n" for line in kept))

@@ -12,16 +12,11 @@ import os
 import shlex
 from dataclasses import dataclass
 
-from helper import distributed, fast
-from helper.assembly import (build_shared, build_student, claim_folder, describe_data, open_student, read_resume,
-                             student_run_name, teacher_accuracy)
-from helper.errors import NonFiniteLossError, UserError
-from helper.logger import RunLog, detach_run_log
-from helper.recipes import apply_recipe
-from helper.run import fit
-from helper.run_folder import StartupLines
+from helper.errors import UserError
+from helper.student.build import student_run_name
 
 log = logging.getLogger("kd")
+
 
 # What the students of one process must agree on: the data stream, the teacher, the speed options of the shared
 # teacher forward, and how the process runs.
@@ -127,90 +122,3 @@ def check_distinct_folders(runs, teacher_arch):
             raise UserError(f"{seen[name].source} and {run.source} would write to the same run folder {name}; give "
                             "one of them another --trial")
         seen[name] = run
-
-
-def run_students(runs):
-    """Train the planned students in one process; returns their RunStates (one RunState for a single run), or None
-    for --dry_run. A student whose loss turns non-finite stops alone; the process then ends with exit code 1."""
-    startup = StartupLines().start()  # the description lines, copied into each train.log
-    try:
-        return _run_students(runs, startup)
-    finally:
-        startup.stop()
-
-
-def _run_students(runs, startup):
-    """run_students' body; `startup` keeps the log lines written before the run folders exist."""
-    shared_opt = runs[0].opt
-    distributed.setup(shared_opt)
-    for run in runs[1:]:
-        for name in ("distributed", "rank", "world_size", "device", "no_progress"):
-            setattr(run.opt, name, getattr(shared_opt, name))
-    shared = build_shared(shared_opt, [r.opt.distill for r in runs])
-    describe_data(shared_opt, shared.data)
-    for run in runs:
-        apply_recipe(run.opt, shared.teacher_arch, run.explicit, log_prefix=f"[{run.label}] " if run.label else "")
-    check_distinct_folders(runs, shared.teacher_arch)
-    students = [build_student(run.opt, shared, run.label) for run in runs]
-    for s in students:
-        describe_student(s)
-    fast.prepare_models(shared_opt, None, shared.teacher)
-    log.info(fast.describe(shared_opt))
-    if shared_opt.dry_run:
-        log.info("dry run: %s -> %s built; no step run", shared.teacher_arch,
-                 ", ".join(f"{s.opt.model_s} ({s.opt.distill})" for s in students))
-        return None
-    teacher_accuracy(shared, shared_opt)
-    try:
-        distributed.together(lambda: [claim_folder(s) for s in students])
-        for s in students:
-            s.resume_ckpt = read_resume(s, shared, allow_fresh=len(students) > 1)
-        for s in students:
-            open_student(s, shared, shared.data.val_loader, startup)
-        startup.stop()
-        train(students, shared, shared_opt)
-    finally:
-        for s in students:
-            if s.run_folder is not None:
-                s.run_folder.release()
-            if s.log_handler is not None:
-                detach_run_log(s.log_handler)
-    if shared_opt.plot and distributed.is_main_process():
-        from helper.plot import plot_each_run  # matplotlib only when asked for
-        plot_each_run([s.folder for s in students], log)
-    failed = [s for s in students if s.trainee.failed]
-    if failed:
-        if len(students) == 1:
-            error = NonFiniteLossError(failed[0].trainee.failed)
-            error.logged = True  # its one line is already on the terminal and in train.log
-            raise error
-        raise NonFiniteLossError(f"{len(failed)} of {len(students)} students stopped: "
-                                 + "; ".join(s.label for s in failed) + " (see their results.json)")
-    states = [s.trainee.state for s in students]
-    for s in students:
-        s.trainee.log.info("best accuracy %.2f (epoch %d); run folder %s", s.trainee.state.best_acc,
-                           s.trainee.state.best_epoch, s.folder)
-    return states[0] if len(states) == 1 else states
-
-
-def train(students, shared, opt):
-    """The init stages (students that have one and start fresh), then the main stage, over one data stream."""
-    data = shared.data
-    common = dict(device=opt.device, seed=opt.seed, teacher=shared.teacher, sampler=data.train_sampler,
-                  no_progress=opt.no_progress)
-    inits = [s for s in students if s.init_trainee is not None]
-    if inits:
-        fit([s.init_trainee for s in inits], data.train_loader, stage="init", **common)
-        for s in inits:
-            if s.init_trainee.failed:
-                s.trainee.fail(s.init_trainee.failed)
-    fit([s.trainee for s in students], data.train_loader, stage="main", **common)
-
-
-def describe_student(s):
-    """The method, its weights and plug-ins, in the log."""
-    opt = s.opt
-    plugins = ", ".join(p.switch for p in s.plugins) or "none"
-    RunLog(s.label).info("%s -> %s: --distill %s, -r %g -a %g -b %g, %d epochs, lr %g (%s), plug-ins: %s",
-                         opt.model_t, opt.model_s, opt.distill, opt.gamma, opt.alpha, opt.beta, opt.epochs,
-                         opt.learning_rate, opt.lr_schedule, plugins)

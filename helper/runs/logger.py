@@ -40,18 +40,6 @@ def detach_run_log(handler):
     handler.close()
 
 
-class RunLog(logging.LoggerAdapter):
-    """The "kd" logger for one run of a group: lines prefixed with the run's label and tagged for its train.log."""
-
-    def __init__(self, label):
-        super().__init__(log, {"run": label})
-        self.label = label
-
-    def process(self, msg, kwargs):
-        kwargs.setdefault("extra", {}).update(self.extra)
-        return (f"[{self.label}] {msg}" if self.label else msg), kwargs
-
-
 class RunLogger:
     """Writes scalars to `<folder>/log.jsonl` and, if tensorboard is installed, to TensorBoard in `tb_folder`.
 

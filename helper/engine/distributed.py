@@ -16,7 +16,8 @@ What stays identical on every rank, and how:
 * memory banks (CRD/CRCD): every rank applies the same update, built from the samples of all ranks
   (crd.memory); their buffers are listed in the owning module's `rank_consistent_buffers` and skipped
   by `broadcast_buffers`;
-* metrics: sums and counts are added over ranks (`reduce_meters`; validation in helper.loops).
+* metrics: sums and counts are added over ranks (`reduce_meters`; validation in helper.engine.loop).
+The collectives any layer may use (rank, gathers, means) are helper.collectives, imported here.
 """
 import inspect
 import logging
@@ -26,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from helper.collectives import (all_gather_equal, all_reduce_mean, get_rank, get_world_size,  # noqa: F401
+                                is_distributed, is_main_process)
 from helper.errors import UserError
 
 log = logging.getLogger("kd")
@@ -41,23 +44,6 @@ def launched_by_torchrun(environ=None):
     """True when torchrun (torch.distributed.run) started this process: WORLD_SIZE, RANK, LOCAL_RANK are set."""
     environ = os.environ if environ is None else environ
     return all(name in environ for name in TORCHRUN_VARIABLES)
-
-
-def is_distributed():
-    return dist.is_available() and dist.is_initialized()
-
-
-def get_rank():
-    return dist.get_rank() if is_distributed() else 0
-
-
-def get_world_size():
-    return dist.get_world_size() if is_distributed() else 1
-
-
-def is_main_process():
-    """Rank 0, or a run without a process group: the one process that writes files and logs."""
-    return get_rank() == 0
 
 
 def seed_offset():
@@ -151,32 +137,6 @@ def broadcast_buffers(*modules, include_consistent=False):
                 if name not in skip and id(buffer) not in seen:
                     seen.add(id(buffer))
                     dist.broadcast(buffer, src=0)
-
-
-def all_gather_equal(*tensors):
-    """Each tensor [n, ...] of every rank concatenated along dim 0 in rank order -> [world_size * n, ...].
-
-    Every rank must pass the same shapes: the training loaders give the ranks equal shares (DistributedSampler
-    pads; the GPU-resident loader trims), so each step's batches have equal sizes. No host sync. Without a
-    process group the tensors come back unchanged.
-    """
-    if not is_distributed():
-        return tensors
-    out = []
-    for tensor in tensors:
-        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, tensor.contiguous())
-        out.append(torch.cat(parts))
-    return tuple(out)
-
-
-def all_reduce_mean(tensor):
-    """The mean of `tensor` over ranks (a new tensor); `tensor` itself without a process group."""
-    if not is_distributed():
-        return tensor
-    total = tensor.clone()
-    dist.all_reduce(total)
-    return total / dist.get_world_size()
 
 
 def reduce_meters(meters, device):

@@ -7,14 +7,14 @@ import torch
 
 from helper.util import plain_options
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository
 # Options that do not change the experiment (where files go, how often to print, how to resume) or that vary
 # between the trials of one protocol (trial, seed).
 NOT_PROTOCOL = frozenset({
     "model_path", "tb_path", "print_freq", "tb_freq", "save_freq", "num_workers", "resume", "overwrite",
     "allow_batch_change", "dry_run", "no_progress", "trial", "seed", "device", "rank", "distributed", "world_size",
     "plan", "plot", "data_root", "path_t", "model_name", "save_folder", "tb_folder", "recipe_applied", "explicit",
-    "plan_line", "cpu_malloc", "cpu_malloc_tuned",
+    "plan_line", "cpu_malloc", "cpu_malloc_tuned", "from_run",
 })
 
 
