@@ -1,9 +1,9 @@
 """A group of N students in one process against its N single runs: time of the same K batches.
 
-Every student is built as train_student.py builds it (train_student.parse_option, the recipe of
-helper.recipes.apply_recipe, a helper.assembly.Shared over the real dataset.build_loaders on CIFAR-shaped random
-uint8 images with a random teacher, helper.assembly.build_student and student_trainee). The loader's first K
-batches are kept as a list, and helper.loops.train_epoch runs over that list: once per student alone (N calls, one
+Every student is built as train_student.py builds it (helper.session.memory.student_options, the recipe of
+helper.recipes.apply_recipe, a helper.student.build.Shared over the real dataset.build_loaders on CIFAR-shaped random
+uint8 images with a random teacher, helper.session.memory.trainable_student). The loader's first K
+batches are kept as a list, and helper.engine.loop.train_epoch runs over that list: once per student alone (N calls, one
 trainee each) and once for the group (one call, N trainees: each batch is shared and the teacher runs once per
 distinct need). The students are built once and reused, so a single run and the group run the same modules.
 

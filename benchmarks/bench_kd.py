@@ -1,8 +1,8 @@
 """Step time, throughput and peak memory of the KD, CRD and CRCD training steps: RepDistiller's path vs the fast path.
 
-One process, one run. Every row builds the run as train_student.main does (train_student.parse_option,
-dataset.build_loaders, the recipe, helper.assembly.build_student / student_trainee: network, probe, Distiller,
-plug-ins, TermWeights, SGD, helper.fast.prepare_models / wrap_step) and times the real helper.loops.train_epoch
+One process, one run. Every row builds the run as train_student.main does (helper.session.memory.student_options,
+dataset.build_loaders, the recipe, helper.session.memory.trainable_student: network, probe, Distiller,
+plug-ins, TermWeights, SGD, helper.engine.fast.prepare_models / wrap_step) and times the real helper.engine.loop.train_epoch
 over CIFAR-shaped random uint8 images (the CIFAR-100 loader is replaced by a generator of such arrays, so the
 DataLoader path runs its per-sample PIL transforms and the GPU loader its on-device augmentation unchanged).
 

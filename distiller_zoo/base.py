@@ -4,7 +4,7 @@ A method is one file in distiller_zoo/ holding (a) its loss with the peer's clas
 (e.g. `Attention(p=2).forward(g_s, g_t)`) and (b) a `Distiller` subclass registered with
 `@register_distiller("name")`. The Distiller declares what it needs (`Needs`), adds its own
 flags, builds its extra modules from probed feature shapes, and returns named loss terms.
-`helper/loops.py` only reads these declarations; it never looks at a method's name.
+The loop (helper/engine/) only reads these declarations; it never looks at a method's name.
 """
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Dict, FrozenSet, List, Optional, Tuple

@@ -46,3 +46,12 @@ def all_reduce_mean(tensor):
     total = tensor.clone()
     dist.all_reduce(total)
     return total / dist.get_world_size()
+
+
+def all_finite(tensor):
+    """True when `tensor` is finite on every rank (one host sync; an all-reduce under torchrun)."""
+    flag = torch.isfinite(torch.as_tensor(tensor)).all().to(torch.int32)
+    if is_distributed():
+        flag = flag.reshape(1).clone()
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())

@@ -105,8 +105,11 @@ def recorded_flags(parser, folder):
     except DamagedFile as e:
         raise UserError(f"--from_run {folder}: {e}") from None
     tokens = []
+    implied_seed = options.get("seed") == seed_of_trial(str(options.get("trial", "0")))
     for action in parser._actions:
         if not action.option_strings or action.dest in NOT_REPLAYED or options.get(action.dest) is None:
+            continue
+        if action.dest == "seed" and implied_seed:  # the trial's own seed: another --trial brings its own
             continue
         tokens += recorded_tokens(action, options[action.dest], folder)
     return tokens
@@ -120,15 +123,21 @@ def recorded_tokens(action, value, folder):
             raise UserError(f"--from_run {folder}: options.json records {flag} {value!r}, not true/false; pass "
                             f"{flag} explicitly or replay another run")
         return [flag] if value and value != action.default else []
-    text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
-    try:
-        converted = action.type(text) if action.type else text
-    except (TypeError, ValueError):
-        converted = None
-    if converted is None or (action.choices is not None and converted not in action.choices):
-        raise UserError(f"--from_run {folder}: options.json records {flag} {text}, which this version no longer "
-                        f"accepts; pass {flag} explicitly to replace it")
-    return [flag, text]
+    several = action.nargs not in (None, "?")  # a flag taking a list of values
+    if several and not isinstance(value, list):
+        value = [value]
+    if not several and isinstance(value, list):  # a list recorded as parsed, e.g. --lr_decay_epochs 150,180,210
+        value = ",".join(str(v) for v in value)
+    texts = [str(v) for v in value] if several else [str(value)]
+    for text in texts:
+        try:
+            converted = action.type(text) if action.type else text
+        except (TypeError, ValueError):
+            converted = None
+        if converted is None or (action.choices is not None and converted not in action.choices):
+            raise UserError(f"--from_run {folder}: options.json records {flag} {' '.join(texts)}, which this version "
+                            f"no longer accepts; pass {flag} explicitly to replace it")
+    return [flag, *texts] if texts or action.nargs == "*" else []
 
 
 def explicit_dests(parser, argv):
@@ -202,7 +211,7 @@ def finish_training_args(opt):
     finish_seed(opt)
     if opt.resume and opt.overwrite:
         raise UserError("--resume continues the run in its folder and --overwrite deletes it: give one of the two")
-    opt.distributed, opt.rank, opt.world_size = False, 0, 1  # helper.distributed.setup sets them under torchrun
+    opt.distributed, opt.rank, opt.world_size = False, 0, 1  # helper.engine.distributed.setup sets them under torchrun
     if opt.no_progress is None:
         opt.no_progress = not sys.stderr.isatty() or None
     opt.device = resolve_device(opt.device)

@@ -11,11 +11,12 @@ import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
+from helper.util import SHORT_FLAGS, flag_text
+
 log = logging.getLogger("kd")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEACHER_PATH = "./save/models/{}_vanilla/ckpt_epoch_240.pth"
 MAIN_PAIR = ("resnet32x4", "resnet8x4")
-SHORT_FLAGS = {"gamma": "-r", "alpha": "-a", "beta": "-b"}
 
 
 @dataclass
@@ -176,16 +177,6 @@ def apply_recipe(opt, teacher, explicit, log_prefix=""):
                  source, " ".join(applied))
     opt.recipe_applied = applied
     return opt
-
-
-def flag_text(dest, value):
-    """dest=value as a command-line fragment: -r 1, --nce_k 500, --with_grad."""
-    flag = SHORT_FLAGS.get(dest, f"--{dest}")
-    if value is True:
-        return flag
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    return f"{flag} {value}"
 
 
 def line_flags(flags):

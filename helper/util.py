@@ -57,3 +57,23 @@ class RunLog(logging.LoggerAdapter):
     def process(self, msg, kwargs):
         kwargs.setdefault("extra", {}).update(self.extra)
         return (f"[{self.label}] {msg}" if self.label else msg), kwargs
+
+
+SHORT_FLAGS = {"gamma": "-r", "alpha": "-a", "beta": "-b"}  # RepDistiller's spellings of the loss weights
+
+
+def flag_text(dest, value):
+    """An option as on a command line: "-r 1", "--nce_k 500", "--lr_decay_epochs 150,180", "--dot", "no --dot",
+    "--kd_T unset"."""
+    flag = SHORT_FLAGS.get(dest, f"--{dest}")
+    if value is True:
+        return flag
+    if value is False:
+        return f"no {flag}"
+    if value is None:
+        return f"{flag} unset"
+    if isinstance(value, list):
+        value = ",".join(str(v) for v in value)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return f"{flag} {value}"

@@ -1,4 +1,4 @@
-"""CRD/CRCD memory banks on 2 Gloo ranks, each step under helper.fast.no_host_sync, for tests/test_ddp.py.
+"""CRD/CRCD memory banks on 2 Gloo ranks, each step under helper.engine.fast.no_host_sync, for tests/test_ddp.py.
 
     python -m torch.distributed.run --nproc_per_node=2 --standalone tests/ddp_memory_worker.py OUT
 

@@ -172,7 +172,7 @@ def test_wrong_input_size_is_one_line_naming_the_flag(tmp_path, tiny_imagenet):
         run_evaluate(path, "--dataset", "imagenet", "--data_root", tiny_imagenet)
 
 
-@pytest.mark.parametrize("kind, says", [("garbage", "is not a PyTorch checkpoint"), ("directory", "is a directory"),
+@pytest.mark.parametrize("kind, says", [("garbage", "is not a checkpoint this tool can load safely"), ("directory", "is a directory"),
                                         ("missing", "does not exist")])
 def test_unloadable_file_is_one_line_naming_it(tmp_path, kind, says):
     path = tmp_path / "model.pth"

@@ -1,4 +1,4 @@
-"""The fast path (helper/fast.py) computes the same experiment: same step in fp32, bf16 close to fp32, no host sync.
+"""The fast path (helper/engine/fast.py) computes the same experiment: same step in fp32, bf16 close to fp32, no host sync.
 
 CPU only. torch.compile is exercised by test_compile_tiny_model_matches_eager only when KD_TEST_COMPILE=1 (it takes
 about a minute on 2 cores); benchmarks/bench_kd.py --quick runs the other fast options end to end.
@@ -71,7 +71,7 @@ class Run:
         self.temp_module = next((p.module for p in self.s.plugins if p.name == "ctkd"), None)
 
     def fast(self, **flags):
-        """A deep copy of this run with the speed flags applied (helper.fast.prepare_models)."""
+        """A deep copy of this run with the speed flags applied (helper.engine.fast.prepare_models)."""
         other = copy.deepcopy(self)
         for name, value in flags.items():
             setattr(other.opt, name, value)
@@ -282,7 +282,7 @@ def test_training_step_has_no_host_sync(distill, flags):
     batches = gpu_batches(run.distiller.needs, 3)
     run.trainee.begin_epoch(1, batches)
     for i, items in enumerate(batches[:2]):  # the third step would be the epoch's print point
-        with fast.no_host_sync("cpu"):  # the loop body of helper.loops.train_epoch
+        with fast.no_host_sync("cpu"):  # the loop body of helper.engine.loop.train_epoch
             batch = Batch.from_loader(items, "cpu")
             run.trainee.step(batch, TeacherOutputs(run.teacher, batch, [run.distiller.needs]), i)
     assert run.trainee.failed is None and np.isfinite(run.trainee.meters["loss"].avg)

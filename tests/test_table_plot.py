@@ -1,5 +1,5 @@
-"""The results table (helper.table) and the curve plots (helper.plot), from run folders written as helper/run.py
-writes them (results.json with the protocol of helper.protocol, log.jsonl through helper.logger.RunLogger,
+"""The results table (helper.table) and the curve plots (helper.plot), from run folders written as helper.runs
+writes them (results.json with the protocol of helper.runs.protocol, log.jsonl through helper.runs.logger.RunLogger,
 options.json), plus one real CTKD run on Fashion-MNIST: cells are the mean and sample std computed here, two
 protocols are never merged, failed and unfinished runs are listed and never averaged, and the plot is a PNG."""
 import csv
@@ -30,7 +30,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHA_A, SHA_B = "a" * 64, "b" * 64
 
 
-# ---- run folders as helper/run.py writes them ----------------------------------------------------------------------
+# ---- run folders as helper.runs writes them ----------------------------------------------------------------------
 def student_flags(teacher, student, *args, dataset="cifar100"):
     """A student's protocol flags, built as train_student.py builds them (recipe applied for unset flags)."""
     opt = parse("--model_s", student, "--dataset", dataset, *args)

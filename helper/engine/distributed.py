@@ -27,8 +27,15 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from helper.collectives import (all_gather_equal, all_reduce_mean, get_rank, get_world_size,  # noqa: F401
-                                is_distributed, is_main_process)
+from helper.collectives import (  # noqa: F401
+    all_finite,
+    all_gather_equal,
+    all_reduce_mean,
+    get_rank,
+    get_world_size,
+    is_distributed,
+    is_main_process,
+)
 from helper.errors import UserError
 
 log = logging.getLogger("kd")
@@ -61,7 +68,7 @@ def setup(opt):
     opt.distributed, opt.rank, opt.world_size = False, 0, 1
     if not launched_by_torchrun():
         return opt
-    world_size, rank = int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"])
+    world_size = int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ["LOCAL_RANK"])
     device = torch.device(opt.device)
     if device.type == "cuda":
@@ -153,15 +160,6 @@ def reduce_meters(meters, device):
     dist.all_reduce(totals)
     by_name = {n: (s / max(c, 1.0)) for n, (s, c) in zip(names, totals.tolist())}
     return {name: by_name[name] for name in meters}
-
-
-def all_finite(tensor):
-    """True when `tensor` is finite on every rank (one host sync; an all-reduce under torchrun)."""
-    flag = torch.isfinite(torch.as_tensor(tensor)).all().to(torch.int32)
-    if is_distributed():
-        flag = flag.reshape(1).clone()
-        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
 
 
 def together(fn):

@@ -2,7 +2,7 @@
 students sharing one teacher pass), and validation.
 
 The loop knows nothing about methods: each trainee's `compute(batch, teachers, ctx) -> (logits, {term: loss})`
-produces named loss terms, its weights weight them, and the trainee backpropagates once (helper.run.Trainee).
+produces named loss terms, its weights weight them, and the trainee backpropagates once (helper.engine.trainee.Trainee).
 The augmented batch is made once per step and the teacher runs once per distinct need of the active trainees.
 """
 import logging

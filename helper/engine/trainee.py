@@ -122,7 +122,7 @@ class Trainee:
     """One network trained by the shared loop in the main stage: a teacher (train_teacher.py) or a student.
 
     compute(batch, teachers, ctx) -> (logits, {term: loss}) is the per-batch computation (possibly a DDP-wrapped
-    helper.loops.LossStep); weights(epoch, iteration, iterations) -> {term: weight}. `model` is the bare network
+    helper.engine.step.LossStep); weights(epoch, iteration, iterations) -> {term: weight}. `model` is the bare network
     (checkpoints), `eval_model` what validation runs (the model itself, or e.g. SimKD's student with the teacher's
     classifier). `extra_state()` returns what the checkpoint holds besides the model and optimizer (method state,
     plug-ins) and, under "scalars", numbers for the logs; it is called once per epoch on every rank.
@@ -149,6 +149,9 @@ class Trainee:
         self.last_record = {}
         self.fp16_skips = 0
         self.history = [] if keep_history else None  # per-step losses, kept when asked (tests, benchmarks)
+        # the current epoch's state, set anew by begin_epoch
+        self.epoch, self.lr, self.iters, self.loader_iters, self.skip_partial = 0, None, 0, 0, False
+        self.meters, self.seen, self.epoch_skips, self.epoch_start = defaultdict(AverageMeter), 0, 0, None
 
     # ---- the epoch ------------------------------------------------------------------------------------------------
     def active(self, epoch):

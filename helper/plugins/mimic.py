@@ -1,35 +1,16 @@
-"""CRCD's loss-weight schedule as a plug-in (Zhu et al., CVPR 2021): --mimic_schedule, for every method."""
+"""CRCD's loss-weight schedule as a plug-in (Zhu et al., CVPR 2021): --mimic_schedule, for every method.
+
+CRCD multiplies the distillation terms (KD and the method's own term) by a "mimic" weight and the cross-entropy by a
+"task" weight, both set by `adjust_mimic_loss_weight(cur_iter, total_iter)` with cur_iter = (epoch - 1) *
+iterations_per_epoch + idx (0-based) and total_iter = epochs * iterations_per_epoch; here as pure functions of
+training progress. Its `exp_increase` branch never sets the task weight (an UnboundLocalError at the return); every
+other branch that leaves the cross-entropy alone sets it to 1, so 1 is used here. (Its training loop also tests
+whether the method "equals 'crd' or 'crcd'" with Python's `or`, which is always true, and hard-codes the '240'
+schedule: weight 1, then 0 for the last 1/25 of iterations, i.e. 10 fine-tuning epochs out of 250.)
+"""
 from helper.errors import UserError
 
 from . import Plugin, register_plugin
-
-
-@register_plugin("mimic")
-class MimicSchedule(Plugin):
-    """Multiplies the distillation terms by CRCD's mimic weight and the task terms by its task weight, as pure
-    functions of (iteration, total iterations) with iteration = (epoch - 1) * iterations per epoch + index."""
-    kind = "weights"
-    switch = "--mimic_schedule"
-
-    @classmethod
-    def add_args(cls, parser):
-        parser.add_argument("--mimic_schedule", type=str, default="constant", choices=MIMIC_SCHEDULES,
-                            help="CRCD's adjust_mimic_loss_weight on every distillation term (constant)")
-
-    @classmethod
-    def tag(cls, opt):
-        return f"mimic:{opt.mimic_schedule}"
-
-    @classmethod
-    def enabled(cls, opt):
-        return getattr(opt, "mimic_schedule", "constant") != "constant"
-
-    def weight_multipliers(self, epoch, iteration, iters_per_epoch):
-        step = (epoch - 1) * iters_per_epoch + iteration
-        total = self.opt.epochs * iters_per_epoch
-        name = self.opt.mimic_schedule
-        return {"task": task_weight(name, step, total), "distill": mimic_weight(name, step, total)}
-
 
 MIMIC_SCHEDULES = ("constant", "240", "linear_decrease", "linear_decrease2", "exp_increase")
 
@@ -71,3 +52,30 @@ def mimic_weight(name, iteration, total_iterations):
 def task_weight(name, iteration, total_iterations):
     """CRCD's multiplier of the cross-entropy (only linear_decrease changes it: 1 - mimic weight)."""
     return _weights(name, iteration, total_iterations)[0]
+
+
+@register_plugin("mimic")
+class MimicSchedule(Plugin):
+    """Multiplies the distillation terms by CRCD's mimic weight and the task terms by its task weight, as pure
+    functions of (iteration, total iterations) with iteration = (epoch - 1) * iterations per epoch + index."""
+    kind = "weights"
+    switch = "--mimic_schedule"
+
+    @classmethod
+    def add_args(cls, parser):
+        parser.add_argument("--mimic_schedule", type=str, default="constant", choices=MIMIC_SCHEDULES,
+                            help="CRCD's adjust_mimic_loss_weight on every distillation term (constant)")
+
+    @classmethod
+    def tag(cls, opt):
+        return f"mimic:{opt.mimic_schedule}"
+
+    @classmethod
+    def enabled(cls, opt):
+        return getattr(opt, "mimic_schedule", "constant") != "constant"
+
+    def weight_multipliers(self, epoch, iteration, iters_per_epoch):
+        step = (epoch - 1) * iters_per_epoch + iteration
+        total = self.opt.epochs * iters_per_epoch
+        name = self.opt.mimic_schedule
+        return {"task": task_weight(name, step, total), "distill": mimic_weight(name, step, total)}

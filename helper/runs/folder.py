@@ -12,7 +12,7 @@
 - On resume, the epoch's set of files is made consistent with `<arch>_last.pth`: `log.jsonl` keeps each epoch
   once (records after the checkpoint's epoch are dropped), `<arch>_best.pth` and `ckpt_epoch_<N>.pth` are
   rewritten from `last` when a kill interrupted their copy (and results.json is written even when no epoch is
-  left to run: helper.run.Trainee.resume_from).
+  left to run: helper.engine.trainee.Trainee.resume_from).
 - A folder that cannot be made (a path under a file, no permission) is a one-line UserError naming the flag.
 - The lines logged before the run folders exist (device, data, method, weights) are kept (`StartupLines`) and
   copied to the top of each run's train.log.
@@ -24,6 +24,7 @@ import os
 
 from helper.errors import UserError
 from helper.runs.files import copy_atomic, load_checkpoint
+from helper.runs.records import RECORD_FILES
 
 log = logging.getLogger("kd")
 
@@ -34,7 +35,7 @@ TEMP_PREFIX = ".tmp-"
 LOCK_NAME = ".lock"
 
 
-RUN_FILES = ("*.pth", "log.jsonl", "results.json", "options.json", "train.log", "curves.png")
+RUN_FILES = ("*.pth", *RECORD_FILES, "train.log", "curves.png")  # every file a run writes in its folder
 
 
 UNSAVED_FILES = ("log.jsonl", "results.json")  # what a run stopped before its first checkpoint leaves to drop

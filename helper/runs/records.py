@@ -11,6 +11,7 @@ from helper.runs.files import write_text_atomic
 from helper.util import is_integer
 
 log = logging.getLogger("kd")
+RECORD_FILES = ("log.jsonl", "results.json", "options.json")  # what a run records besides checkpoints and logs
 
 
 class DamagedFile(UserError):
@@ -153,9 +154,6 @@ def no_usable_run(problems, doing):
     for problem in problems:
         log.warning("skipped %s", problem)
     return UserError(f"none of the {len(problems)} run folders {doing} (reasons above)")
-
-
-log = logging.getLogger("kd")
 
 
 def truncate_log(folder, last_epoch):

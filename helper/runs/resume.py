@@ -11,7 +11,7 @@ from helper.errors import UserError
 from helper.runs.files import load_checkpoint
 from helper.runs.folder import resumable_checkpoints, saved_epoch, started_without_checkpoint
 from helper.runs.protocol import NOT_PROTOCOL
-from helper.util import is_integer, plain_options
+from helper.util import flag_text, is_integer, plain_options
 
 log = logging.getLogger("kd")
 
@@ -103,15 +103,6 @@ def check_trained_learning_rates(ckpt, opt, path):
                         f"{opt.epochs}, which changes the learning rate of its trained epoch {changed[0]} (under "
                         f"--lr_schedule {opt.lr_schedule}, --epochs sets every epoch's lr); resume with --epochs "
                         f"{saved_epochs}, or start a new run with another --trial")
-
-
-def flag_text(name, value):
-    """--name value, as on a command line ('no --name' for an unset switch)."""
-    if isinstance(value, bool):
-        return f"--{name}" if value else f"no --{name}"
-    if isinstance(value, list):
-        value = ",".join(str(v) for v in value)
-    return f"--{name} {value}"
 
 
 def check_same_run(saved, opt, path):

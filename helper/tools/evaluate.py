@@ -11,8 +11,6 @@ import argparse
 import csv
 import json
 import os
-import pickle
-import re
 import sys
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -26,7 +24,7 @@ from distiller_zoo.base import get_distiller_class
 from helper.engine.loop import validate
 from helper.errors import UserError
 from helper.options import run_cli
-from helper.runs.files import extract_state_dict, load_weights, write_output
+from helper.runs.files import extract_state_dict, load_checkpoint, load_weights, write_output
 from helper.student.build import probe_shapes
 from helper.student.teacher import teacher_name_from_path
 from helper.util import is_integer, resolve_device
@@ -70,29 +68,6 @@ class Fact:
 
 
 # ---- reading the file -------------------------------------------------------------------------------------------
-def read_checkpoint(path):
-    """torch.load(weights_only=True) with one-line errors naming the file (missing, a folder, not a checkpoint).
-
-    The same checks as helper.util.load_checkpoint in the evaluation command's words (it names the Python object a
-    safe load refused); neither repeats torch's advice to load with weights_only=False."""
-    if os.path.isdir(path):
-        raise UserError(f"{path} is a directory, not a checkpoint file")
-    if not os.path.isfile(path):
-        raise UserError(f"checkpoint {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if found:
-            raise UserError(f"{path} holds a Python object ({found.group(1)}) that a safe load refuses; save its "
-                            "weights as a plain {'model': state_dict} of tensors") from None
-        raise UserError(f"{path} is not a PyTorch checkpoint (it cannot be unpickled)") from None
-    except Exception as e:  # noqa: BLE001 - a truncated zip, an empty file: the user's file
-        text = str(e).strip()
-        reason = text.splitlines()[0] if text else type(e).__name__
-        raise UserError(f"{path} is not a readable PyTorch checkpoint ({reason})") from None
-
-
 def recorded(ckpt, key):
     """ckpt[key] for a self-describing checkpoint (a dict), else None."""
     return ckpt.get(key) if isinstance(ckpt, dict) else None
@@ -289,7 +264,7 @@ def evaluation_network(ckpt, network, data, device, path, no_head):
 
 
 def measure(network, data, opt):
-    """helper.loops.validate's (top-1, top-5, loss) and the confusion matrix of the same pass."""
+    """helper.engine.loop.validate's (top-1, top-5, loss) and the confusion matrix of the same pass."""
     recorder, loader = PredictionRecorder(network), TargetRecorder(data.val_loader)
     top1, top5, loss = validate(loader, recorder, nn.CrossEntropyLoss(), opt)
     confusion = confusion_matrix(torch.cat(loader.targets), torch.cat(recorder.predictions), data.num_classes)
@@ -299,7 +274,7 @@ def measure(network, data, opt):
 def evaluate(args):
     """Evaluate args.checkpoint -> the result as a dict (the --json line); writes the CSVs asked for."""
     path = args.checkpoint
-    ckpt = read_checkpoint(path)
+    ckpt = load_checkpoint(path)
     check_recorded_fields(ckpt, path)
     try:
         state_dict = extract_state_dict(ckpt)

@@ -6,7 +6,7 @@ experiment flag (helper.protocol: seed and trial excluded), so runs are never av
 rows are teacher -> student pairs, columns methods, one table per dataset; teachers (and vanilla students, both from
 train_teacher.py): one row per model and protocol. Cells: mean ± sample std (n-1) of the last-epoch and of the best
 top-1 over the runs of one protocol. Unfinished and failed runs are listed under the tables, never averaged, and so
-are damaged or foreign folders (a run file that is not UTF-8 JSON of the shape helper/run.py writes), with the
+are damaged or foreign folders (a run file that is not UTF-8 JSON of the shape helper.runs writes), with the
 reason; only when every folder is damaged is it an error. The same figures go to a CSV file. `--paper` adds the
 published CIFAR-100 numbers of PAPER (below), with their sources.
 """
@@ -23,11 +23,17 @@ from typing import List, Optional
 from helper.errors import UserError
 from helper.runs.files import write_output
 from helper.runs.protocol import NOT_PROTOCOL
-from helper.runs.records import OPTIONS_FIELDS, DamagedFile, no_usable_run, read_json, read_log, read_results
+from helper.runs.records import (
+    OPTIONS_FIELDS,
+    RECORD_FILES,
+    DamagedFile,
+    no_usable_run,
+    read_json,
+    read_log,
+    read_results,
+)
 from helper.tools.published import PAPER, PAPER_DATASET, PAPER_VANILLA, paper_number
-
-RUN_FILES = ("results.json", "options.json", "log.jsonl")
-
+from helper.util import flag_text as option_text
 
 log = logging.getLogger("kd")
 
@@ -111,7 +117,7 @@ def run_from_files(folder):
 
 
 def is_run_folder(path):
-    return any(os.path.isfile(os.path.join(path, name)) for name in RUN_FILES)
+    return any(os.path.isfile(os.path.join(path, name)) for name in RECORD_FILES)
 
 
 def find_run_folders(paths):
@@ -129,7 +135,7 @@ def find_run_folders(paths):
             else:
                 dirs.sort()
         if not found:
-            raise UserError(f"{path} holds no run folder (none with {', '.join(RUN_FILES)})")
+            raise UserError(f"{path} holds no run folder (none with {', '.join(RECORD_FILES)})")
         folders += sorted(found)
     return folders
 
@@ -200,16 +206,7 @@ def paper_key(flags):
 
 def flag_text(key, value):
     """One differing flag, as on the command line ("-a 0.9", "--kd_T 2", "--dot", "no --dot")."""
-    from helper.recipes import flag_text as recipe_flag_text
-    if key == "global_batch":
-        return f"global batch {value}"
-    if value is None:
-        return f"--{key} unset"
-    if value is False:
-        return "no " + recipe_flag_text(key, True)
-    if isinstance(value, list):
-        value = ",".join(str(v) for v in value)
-    return recipe_flag_text(key, value)
+    return f"global batch {value}" if key == "global_batch" else option_text(key, value)
 
 
 def label_groups(groups, identity, name):

@@ -1,8 +1,7 @@
-"""CRCD's mimic/task loss-weight schedules and DKD's warm-up at their boundaries, hand-computed from the formulas."""
+"""CRCD's mimic schedule (Zhu et al., CVPR 2021), --mimic_schedule: weights at the boundaries, by hand."""
 import pytest
 
 from helper.errors import UserError
-from distiller_zoo.DKD import warmup_factor
 from helper.plugins.mimic import MIMIC_SCHEDULES, mimic_weight, task_weight
 
 CIFAR_250 = 250 * 782  # CRCD's CIFAR recipe: 250 epochs of 782 iterations (batch 64)
@@ -64,13 +63,3 @@ def test_the_schedule_list_names_every_schedule_and_unknown_names_fail_naming_th
         mimic_weight("cosine", 0, 10)
     with pytest.raises(UserError, match="--mimic_schedule"):
         task_weight("cosine", 0, 10)
-
-
-@pytest.mark.parametrize("epoch, warmup, expected", [(0, 20, 0.0), (1, 20, 0.05), (10, 20, 0.5), (20, 20, 1.0),
-                                                     (240, 20, 1.0), (3, 4, 0.75)])
-def test_linear_warmup_is_dkds_min_epoch_over_warmup_and_one(epoch, warmup, expected):
-    assert warmup_factor(epoch, 0, 782, warmup) == pytest.approx(expected, abs=1e-15)
-
-
-def test_no_warmup_is_a_factor_of_one():
-    assert warmup_factor(1, 0, 782, 0) == 1.0

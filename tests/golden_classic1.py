@@ -1,10 +1,12 @@
-"""Classic losses (KD, FitNet, AT, SP, CC, VID, RKD, PKT, NST, KDSVD), their adapters and models/util helpers."""
+"""Shared by the tests of the classic losses (test_kd.py, test_fitnet.py, test_at.py, test_sp.py, test_cc.py,
+test_vid.py, test_rkd.py, test_pkt.py, test_nst.py, test_kdsvd.py, test_models_util.py): the golden cases of
+fixtures/classic1_golden.json, RepDistiller's signatures, the adapters built on fake features, and the checks run for
+each loss (golden value and gradients, signature, adapter)."""
 import argparse
 import inspect
 import json
 import os
 
-import pytest
 import torch
 
 from distiller_zoo.AT import Attention
@@ -18,7 +20,6 @@ from distiller_zoo.PKT import PKT
 from distiller_zoo.RKD import RKDLoss
 from distiller_zoo.SP import Similarity
 from distiller_zoo.VID import VIDLoss
-from helper.errors import UserError
 from tests.golden_json import assert_close, decode, with_grad
 from models.util import (ConnectorV2, Connector, ConvReg, Embed, LinearEmbed, MLPEmbed, Normalize, Paraphraser,
                          PoolEmbed, Regress, Translator)
@@ -48,8 +49,13 @@ def run_golden_case(case):
     return module, inputs, value
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
-def test_loss_value_and_input_gradients_match_the_reference_formula(name):
+def cases_of(loss):
+    """The names of the golden cases of one loss class (by its name)."""
+    return sorted(name for name, case in CASES.items() if case["loss"] == loss)
+
+
+# The body of test_loss_value_and_input_gradients_match_the_reference_formula (one file per loss).
+def loss_value_and_input_gradients_match_the_reference_formula(name):
     case = CASES[name]
     module, inputs, value = run_golden_case(case)
     assert_close(value, decode(case["value"]))
@@ -84,6 +90,7 @@ PEER_SIGNATURES = {
     Translator: (["s_shape", "t_shape", "k", "use_bn"], ["f_s"]),
 }
 
+
 PEER_DEFAULTS = {
     Attention: {"p": 2}, VIDLoss: {"init_pred_var": 5.0, "eps": 1e-5}, RKDLoss: {"w_d": 25, "w_a": 50},
     KDSVD: {"k": 1}, ConvReg: {"use_relu": True}, Regress: {"dim_in": 1024, "dim_out": 1024},
@@ -94,8 +101,8 @@ PEER_DEFAULTS = {
 }
 
 
-@pytest.mark.parametrize("cls", list(PEER_SIGNATURES), ids=lambda c: c.__name__)
-def test_constructor_and_forward_keep_repdistillers_signatures(cls):
+# The body of test_constructor_and_forward_keep_repdistillers_signatures (one file per loss, test_models_util.py).
+def constructor_and_forward_keep_repdistillers_signatures(cls):
     init_names, forward_names = PEER_SIGNATURES[cls]
     own_init = cls.__init__ is not torch.nn.Module.__init__
     init = inspect.signature(cls.__init__).parameters if own_init else {}
@@ -107,70 +114,7 @@ def test_constructor_and_forward_keep_repdistillers_signatures(cls):
         assert inspect.signature(cls.forward).parameters["temp"].default is None
 
 
-def test_per_sample_temperature_equal_across_the_batch_matches_the_global_temperature():
-    y_s, y_t = torch.randn(5, 10, dtype=torch.float64), torch.randn(5, 10, dtype=torch.float64)
-    kd = DistillKL(4)
-    per_sample = kd(y_s, y_t, torch.full((5, 1), 2.0, dtype=torch.float64))
-    torch.testing.assert_close(per_sample, kd(y_s, y_t, 2.0))
-    torch.testing.assert_close(kd(y_s, y_t), kd(y_s, y_t, 4.0))
-
-
-def test_vid_initial_variance_is_init_pred_var():
-    vid = VIDLoss(3, 4, 5, init_pred_var=2.0, eps=1e-5)
-    variance = torch.nn.functional.softplus(vid.log_scale.double()) + 1e-5
-    torch.testing.assert_close(variance, torch.full((5,), 2.0, dtype=torch.float64), rtol=1e-6, atol=0)
-
-
-def test_kdsvd_rejects_non_spatial_features():
-    with pytest.raises(ValueError):
-        KDSVD()([torch.randn(2, 4)], [torch.randn(2, 4)])
-
-
-# ---- models/util -------------------------------------------------------------------------------------------------
-
-def test_conv_reg_maps_student_maps_onto_teacher_shape_in_each_supported_case():
-    for s_hw, t_hw in [(32, 16), (8, 16), (10, 8), (8, 8)]:
-        reg = ConvReg((2, 16, s_hw, s_hw), (2, 32, t_hw, t_hw))
-        assert reg(torch.randn(2, 16, s_hw, s_hw)).shape == (2, 32, t_hw, t_hw)
-
-
-def test_conv_reg_rejects_unsupported_sizes_with_a_hint_layer_message():
-    with pytest.raises(UserError, match="--hint_layer"):
-        ConvReg((2, 16, 8, 8), (2, 32, 32, 32))
-    with pytest.raises(UserError, match="--hint_layer"):
-        ConvReg((2, 64), (2, 128))
-
-
-def test_helper_modules_keep_repdistillers_state_dict_keys():
-    def keys(module):
-        return [k for k in module.state_dict() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
-
-    conv_keys = lambda prefix, idx: [f"{prefix}.{i}.{w}" for i in idx for w in ("weight", "bias")]
-    assert keys(Paraphraser((2, 8, 4, 4))) == conv_keys("encoder", (0, 3, 6)) + conv_keys("decoder", (0, 3, 6))
-    assert keys(Translator((2, 4, 4, 4), (2, 8, 4, 4))) == conv_keys("encoder", (0, 1, 3, 4, 6, 7))
-    assert keys(Connector([(2, 8, 4, 4), (2, 4, 4, 4)], [(2, 8, 4, 4), (2, 8, 4, 4)])) == [
-        "connectors.1.conv.weight", "connectors.1.conv.bias", "connectors.1.bn.weight", "connectors.1.bn.bias"]
-    assert keys(ConnectorV2([(2, 4, 4, 4)], [(2, 8, 4, 4)])) == [
-        "connectors.0.0.weight", "connectors.0.1.weight", "connectors.0.1.bias"]
-    assert keys(MLPEmbed(8, 4)) == ["linear1.weight", "linear1.bias", "linear2.weight", "linear2.bias"]
-    assert keys(PoolEmbed(3)) == ["embed.Linear.weight", "embed.Linear.bias"]
-    assert keys(Embed(8, 4)) == keys(LinearEmbed(8, 4)) == keys(Regress(8, 4)) == ["linear.weight", "linear.bias"]
-
-
-def test_embed_outputs_unit_rows_and_paraphraser_reconstructs_the_input_shape():
-    assert torch.allclose(Embed(8, 4)(torch.randn(3, 8)).norm(dim=1), torch.ones(3))
-    factor, rec = Paraphraser((2, 8, 4, 4))(torch.randn(2, 8, 4, 4))
-    assert factor.shape == (2, 4, 4, 4) and rec.shape == (2, 8, 4, 4)
-
-
-def test_connectors_reject_unequal_numbers_of_stages():
-    with pytest.raises(UserError):
-        Connector([(2, 8, 4, 4)], [(2, 8, 4, 4), (2, 8, 4, 4)])
-    with pytest.raises(UserError):
-        ConnectorV2([(2, 8, 4, 4)], [])
-
-
-# ---- adapters ------------------------------------------------------------------------------------------------------
+# ---- adapters -----------------------------------------------------------------------------------------------------
 
 def fake_feats(batch, channels, sizes, pooled_dim, grad=False):
     """[stem, stage1..n, pooled] as `model(x, is_feat=True)` returns them."""
@@ -204,8 +148,8 @@ USED_FEATURES = {"hint": [2], "attention": [1, 2, 3], "nst": [1, 2, 3], "vid": [
                  "similarity": [3], "correlation": [4], "rkd": [4], "pkt": [4]}
 
 
-@pytest.mark.parametrize("name", sorted(USED_FEATURES))
-def test_adapter_loss_is_finite_and_trains_student_features_and_own_modules(name):
+# The body of test_adapter_loss_is_finite_and_trains_student_features_and_own_modules (one file per method).
+def adapter_loss_is_finite_and_trains_student_features_and_own_modules(name):
     torch.manual_seed(0)
     teacher = SAME_CHANNEL_TEACHER if name == "kdsvd" else TEACHER
     distiller = build(name, teacher=teacher)
@@ -221,32 +165,3 @@ def test_adapter_loss_is_finite_and_trains_student_features_and_own_modules(name
         assert reached == (i in USED_FEATURES[name]), f"feature {i}"
     for param_name, p in distiller.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, param_name
-
-
-def test_trainable_modules_are_those_repdistiller_optimises():
-    assert sum(p.numel() for p in build("hint").parameters()) > 0
-    assert {n.split(".")[0] for n, _ in build("correlation").named_parameters()} == {"embed_s", "embed_t"}
-    assert len(build("vid").criterion) == 3
-    for name in ("attention", "similarity", "rkd", "pkt", "nst"):
-        assert not list(build(name).parameters()), name
-    assert not list(build("kdsvd", teacher=SAME_CHANNEL_TEACHER).parameters())
-
-
-def test_kd_adapter_adds_no_term_and_needs_no_features():
-    distiller = build("kd")
-    assert not distiller.needs.feats
-    assert distiller.loss(ModelOutput(torch.randn(2, 10)), ModelOutput(torch.randn(2, 10)), None, StepContext()) == {}
-
-
-def test_hint_regresses_onto_the_teacher_layer_chosen_by_hint_layer():
-    distiller = build("hint", hint_layer=3)
-    assert distiller.regress_s.conv.out_channels == TEACHER[0][3]
-
-
-def test_incompatible_architectures_fail_at_construction():
-    with pytest.raises(UserError, match="--hint_layer"):
-        build("hint", hint_layer=4)
-    with pytest.raises(UserError, match="--hint_layer"):
-        build("hint", teacher=([32, 32, 64, 128], [32, 32, 32, 8], 128), student=([16, 16, 32, 64], [32, 32, 8, 8], 64))
-    with pytest.raises(UserError, match="kdsvd"):
-        build("kdsvd")

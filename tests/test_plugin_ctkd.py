@@ -1,60 +1,21 @@
-"""CTKD's learnable temperature, DKD and CKD: golden values/gradients, signatures, curriculum and adapters."""
+"""CTKD's temperature (Li et al., AAAI 2023), --have_mlp: golden values, signatures, flags, curriculum."""
 import argparse
 import inspect
-import json
 import math
-import os
 
 import pytest
 import torch
 
-from distiller_zoo.base import Batch, ModelOutput, ProbeShapes, get_distiller_class, StepContext
 from distiller_zoo.CKD import CKDLoss
 from distiller_zoo.CTKD import (GradientReversal, GradientReversalFunction, Global_T, Instance_T, add_ctkd_args,
                                 build_temperature, curriculum_lambda, map_temperature, stats)
-from distiller_zoo.DKD import DKDloss, warmup_factor
+from distiller_zoo.DKD import DKDloss
 from distiller_zoo.KD import DistillKL
 from helper.errors import UserError
-
-GOLDEN = os.path.join(os.path.dirname(__file__), "fixtures", "headline_golden.json")
-with open(GOLDEN) as _f:
-    CASES = json.load(_f)
-
-TOL = dict(rtol=1e-9, atol=1e-12)
-
-
-def decode(x, grad=False):
-    """JSON tensors ({"shape", "data"}) to float64 tensors (leaves needing grad if asked); other values unchanged."""
-    if not isinstance(x, dict):
-        return x
-    t = torch.tensor(x["data"], dtype=torch.float64).reshape(x["shape"])
-    return t.requires_grad_(grad)
-
-
-def close(actual, expected):
-    assert actual.shape == expected.shape
-    torch.testing.assert_close(actual, expected, **TOL)
-
-
-def cases_of(kind):
-    return sorted(name for name, case in CASES.items() if case["kind"] == kind)
+from tests.golden_headline import CASES, cases_of, close, decode
 
 
 # ---- golden values ------------------------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("name", cases_of("DKDloss") + cases_of("CKDLoss"))
-def test_loss_value_and_gradients_match_the_float64_reference(name):
-    case = CASES[name]
-    inputs = {k: decode(v, grad=True) for k, v in case["inputs"].items()}
-    if "target" in inputs:
-        inputs["target"] = inputs["target"].detach().long()
-    module = DKDloss() if case["kind"] == "DKDloss" else CKDLoss(**case["init"])
-    value = module(**inputs)
-    close(value, decode(case["value"]))
-    value.backward()
-    for k, expected in case["grads"].items():
-        close(inputs[k].grad, decode(expected))
-
 
 def build_module(case):
     init = {k: v for k, v in case["init"].items() if k not in ("t_start", "t_end")}
@@ -243,101 +204,3 @@ def test_stats_report_mean_and_spread_without_gradients():
     result = stats(temp)
     assert result["temp_mean"].item() == 3.0 and result["temp_std"].item() == 1.0
     assert all(v.dim() == 0 and v.dtype == torch.float32 and not v.requires_grad for v in result.values())
-
-
-# ---- DKD and CKD properties ----------------------------------------------------------------------------------------
-
-def test_dkd_temperature_forms_agree_and_per_sample_temperatures_weight_each_sample():
-    y_s, y_t = torch.randn(5, 7, dtype=torch.float64), torch.randn(5, 7, dtype=torch.float64)
-    target = torch.tensor([0, 1, 2, 3, 4])
-    dkd = DKDloss()
-    ref = dkd(y_s, y_t, target, 1.0, 8.0, 3.0)
-    close(dkd(y_s, y_t, target, 1.0, 8.0, torch.tensor([3.0], dtype=torch.float64)), ref)
-    close(dkd(y_s, y_t, target, 1.0, 8.0, torch.full((5, 1), 3.0, dtype=torch.float64)), ref)
-    temps = torch.tensor([[1.0], [2.0], [3.0], [4.0], [5.0]], dtype=torch.float64)
-    per_sample = sum(dkd(y_s[i:i + 1], y_t[i:i + 1], target[i:i + 1], 1.0, 8.0, temps[i].item()) for i in range(5))
-    close(dkd(y_s, y_t, target, 1.0, 8.0, temps), per_sample / 5)
-
-
-def test_dkd_gradients_stay_finite_when_the_teachers_probabilities_underflow():
-    y_s, temp = torch.randn(2, 3, requires_grad=True), torch.ones(2, 1, requires_grad=True)
-    y_t = torch.tensor([[0.0, 300.0, 0.0], [300.0, 0.0, 0.0]])
-    loss = DKDloss()(y_s, y_t, torch.tensor([0, 1]), 1.0, 8.0, temp)
-    loss.backward()
-    assert torch.isfinite(loss) and torch.isfinite(temp.grad).all() and torch.isfinite(y_s.grad).all()
-
-
-def test_dkd_and_ckd_compute_in_float32_under_bf16_autocast():
-    y_s, y_t, target = torch.randn(6, 10), torch.randn(6, 10), torch.randint(0, 10, (6,))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        dkd = DKDloss()(y_s.bfloat16(), y_t.bfloat16(), target, 1.0, 8.0, 4.0)
-        ckd = CKDLoss(0.1)(y_s.bfloat16(), y_t.bfloat16())
-    assert dkd.dtype == ckd.dtype == torch.float32
-    torch.testing.assert_close(dkd, DKDloss()(y_s.bfloat16().float(), y_t.bfloat16().float(), target, 1.0, 8.0, 4.0))
-    torch.testing.assert_close(ckd, CKDLoss(0.1)(y_s.bfloat16().float(), y_t.bfloat16().float()))
-
-
-def test_ckd_is_one_directional_and_ignores_logit_scale():
-    y_s, y_t = torch.randn(6, 5, dtype=torch.float64), torch.randn(6, 5, dtype=torch.float64)
-    ckd = CKDLoss(0.5)
-    assert not torch.allclose(ckd(y_s, y_t), ckd(y_t, y_s))
-    close(ckd(y_s * torch.rand(6, 1, dtype=torch.float64) * 5, y_t * 3), ckd(y_s, y_t))
-
-
-# ---- adapters -----------------------------------------------------------------------------------------------------
-
-def make_opt(**overrides):
-    opt = dict(dkd_alpha=1.0, dkd_beta=8.0, dkd_T=4.0, warmup=20, ckd_T=1.0)
-    opt.update(overrides)
-    return argparse.Namespace(**opt)
-
-
-def build(name, **opt):
-    probe = ProbeShapes(feat_s=[], feat_t=[], logit_s=torch.randn(2, 10), logit_t=torch.randn(2, 10), n_data=100,
-                        num_classes=10)
-    return get_distiller_class(name)(make_opt(**opt), probe, torch.nn.Identity(), torch.nn.Identity())
-
-
-def adapter_defaults(name):
-    parser = argparse.ArgumentParser()
-    get_distiller_class(name).add_args(parser)
-    return vars(parser.parse_args([]))
-
-
-def outputs():
-    y_s = torch.randn(4, 10, requires_grad=True)
-    return ModelOutput(y_s), ModelOutput(torch.randn(4, 10)), torch.tensor([1, 2, 3, 4])
-
-
-def test_dkd_adapter_uses_its_temperature_or_ctkds_and_ramps_in_over_the_warmup():
-    assert adapter_defaults("dkd") == {"dkd_alpha": 1.0, "dkd_beta": 8.0, "dkd_T": 4.0, "warmup": 20}
-    distiller = build("dkd", dkd_alpha=2.0, dkd_beta=3.0, dkd_T=5.0)
-    assert not distiller.needs.feats and distiller.term_weights(make_opt()) == {}
-    out_s, out_t, targets = outputs()
-    terms = distiller.loss(out_s, out_t, Batch(images=None, targets=targets), StepContext())
-    assert list(terms) == ["dkd"] and terms["dkd"].dim() == 0
-    close(terms["dkd"], DKDloss()(out_s.logits, out_t.logits, targets, 2.0, 3.0, 5.0))
-    temp = torch.full((4, 1), 7.0, requires_grad=True)
-    learned = distiller.loss(out_s, out_t, Batch(images=None, targets=targets), StepContext(temperature=temp))["dkd"]
-    close(learned, DKDloss()(out_s.logits, out_t.logits, targets, 2.0, 3.0, 7.0))
-    learned.backward()
-    assert temp.grad.abs().sum() > 0 and out_s.logits.grad.abs().sum() > 0
-    schedule = distiller.term_schedules(make_opt(warmup=20))["dkd"]
-    assert [schedule(e, 0, 100) for e in (1, 10, 20, 240)] == [0.05, 0.5, 1.0, 1.0]
-    assert warmup_factor(1, 0, 100, warmup=0) == 1.0
-
-
-def test_ckd_adapter_returns_the_contrastive_term_on_logits():
-    assert adapter_defaults("ckd") == {"ckd_T": 1.0}
-    distiller = build("ckd", ckd_T=0.3)
-    assert not distiller.needs.feats and not list(distiller.parameters())
-    out_s, out_t, targets = outputs()
-    terms = distiller.loss(out_s, out_t, Batch(images=None, targets=targets), StepContext())
-    assert list(terms) == ["ckd"]
-    close(terms["ckd"], CKDLoss(0.3)(out_s.logits, out_t.logits))
-
-
-@pytest.mark.parametrize("name,bad", [("dkd", {"dkd_T": 0.0}), ("dkd", {"warmup": -1}), ("ckd", {"ckd_T": 0.0})])
-def test_adapters_reject_unusable_flags(name, bad):
-    with pytest.raises(UserError):
-        build(name, **bad)

@@ -1,0 +1,28 @@
+"""CC (Peng et al., ICCV 2019): golden value and gradients, signature, adapter."""
+import pytest
+
+from distiller_zoo.CC import Correlation
+from tests.golden_classic1 import (adapter_loss_is_finite_and_trains_student_features_and_own_modules, cases_of,
+                                   constructor_and_forward_keep_repdistillers_signatures,
+                                   loss_value_and_input_gradients_match_the_reference_formula)
+
+
+# ---- golden value and gradients -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", cases_of("Correlation"))
+def test_loss_value_and_input_gradients_match_the_reference_formula(name):
+    loss_value_and_input_gradients_match_the_reference_formula(name)
+
+
+# ---- signature ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("cls", [Correlation], ids=lambda c: c.__name__)
+def test_constructor_and_forward_keep_repdistillers_signatures(cls):
+    constructor_and_forward_keep_repdistillers_signatures(cls)
+
+
+# ---- adapter ------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["correlation"])
+def test_adapter_loss_is_finite_and_trains_student_features_and_own_modules(name):
+    adapter_loss_is_finite_and_trains_student_features_and_own_modules(name)
