@@ -55,3 +55,12 @@ def all_finite(tensor):
         flag = flag.reshape(1).clone()
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def gather_objects(obj):
+    """[the object of rank 0, of rank 1, ...] (picklable objects, every rank gets the list); [obj] alone."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

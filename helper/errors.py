@@ -16,3 +16,12 @@ class NonFiniteLossError(RuntimeError):
 
 class Interrupted(KeyboardInterrupt):
     """Ctrl-C during training; its message says which checkpoints are kept (helper.options.run_cli prints it)."""
+
+
+class Preempted(Exception):
+    """A stop signal (SIGUSR2 from the scheduler, SIGTERM) ended the run after a step checkpoint; `--resume` continues
+    it. The entry point prints the message and exits with 128 + the signal number."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = signum

@@ -15,7 +15,7 @@ from crd.memory import MEMORY_DTYPES
 from distiller_zoo.base import distiller_registry, get_distiller_class
 from helper.engine import distributed, fast
 from helper.engine.lr import parse_decay_epochs
-from helper.errors import Interrupted, NonFiniteLossError, UserError
+from helper.errors import Interrupted, NonFiniteLossError, Preempted, UserError
 from helper.plugins import add_plugin_args
 from helper.runs.logger import setup_console_logging
 from helper.runs.records import DamagedFile, read_json
@@ -339,6 +339,8 @@ def run_cli(main):
         stop(f"error: {e}", 2)
     except NonFiniteLossError as e:
         stop(None if e.logged else f"error: {e}", 1)
+    except Preempted as e:
+        stop(f"error: {e}; continue with: {resume_command(sys.argv)}", 128 + e.signum)
     except Interrupted as e:
         stop(f"error: interrupted (Ctrl-C); {e}; continue with: {resume_command(sys.argv)}", 130)
     except KeyboardInterrupt:

@@ -54,7 +54,7 @@ NUMERICS_FILES = {
 
 # The long end-to-end tests (torchrun launches, kill -9 loops): left out of `bash scripts/test.sh` so the suite stays
 # within a researcher's patience; .ci/run runs them (`pytest -m long`).
-LONG_FILES = {"test_ddp.py", "test_kill_resume.py"}
+LONG_FILES = {"test_ddp.py", "test_kill_resume.py", "test_step_checkpoint_ddp.py"}
 
 
 def pytest_configure(config):

@@ -11,6 +11,7 @@ Environment (all optional):
   KD_TEST_BN_EVAL=1  BatchNorm layers never enter train mode (they normalise with their running statistics),
                      so a sample's output does not depend on which other samples share its batch
   KD_TEST_NO_AUGMENT=1  the training transform is the test transform (no random crop or flip), on both loaders
+  KD_TEST_SIGNAL_AFTER=N  rank 0 sends itself SIGUSR2 after its N-th training step (a scheduler's stop signal)
 """
 import json
 import os
@@ -49,6 +50,21 @@ def watch_writes(root):
     sys.addaudithook(hook)
 
 
+def signal_after_steps(n):
+    """Rank 0 sends itself SIGUSR2 after its n-th training step (the other ranks learn it from the stop vote)."""
+    import signal
+
+    from helper.engine.trainee import Trainee
+    real_step, done = Trainee.step, [0]
+
+    def step(self, *args):
+        real_step(self, *args)
+        done[0] += 1
+        if done[0] == n:
+            os.kill(os.getpid(), signal.SIGUSR2)
+    Trainee.step = step
+
+
 def main():
     kind, argv = sys.argv[1], sys.argv[2:]
     out = os.environ.get("KD_TEST_OUT")
@@ -68,6 +84,8 @@ def main():
             return self.images[index][:, :, self.pad:self.pad + self.height, self.pad:self.pad + self.width]
         GpuResidentLoader._augmented = centre
 
+    if os.environ.get("KD_TEST_SIGNAL_AFTER") and os.environ.get("RANK", "0") == "0":
+        signal_after_steps(int(os.environ["KD_TEST_SIGNAL_AFTER"]))
     import train_student
     import train_teacher
     from helper.engine import trainee as run_module

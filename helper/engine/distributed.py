@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from helper.collectives import (  # noqa: F401
     all_finite,
+    gather_objects,
     all_gather_equal,
     all_reduce_mean,
     get_rank,

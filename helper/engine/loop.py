@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from distiller_zoo.base import Batch, ModelOutput, Needs
 from helper.engine import fast
+from helper.engine.preemption import StepStop
 from helper.engine.meters import accuracy
 
 log = logging.getLogger("kd")
@@ -63,12 +64,15 @@ class TeacherOutputs:
         return self.cache[key]
 
 
-def train_epoch(epoch, loader, trainees, device, teacher=None, desc="train", no_progress=None):
+def train_epoch(epoch, loader, trainees, device, teacher=None, desc="train", no_progress=None, stop=None):
     """One pass over `loader` training every trainee that is active in `epoch`; returns the wall time in seconds.
 
     Each batch is moved to `device` once; each active trainee steps on it (trainee.step(batch, teachers, i));
     `teachers` holds the frozen teacher's outputs, computed once per distinct need. A trainee that fails (a
-    non-finite loss) stops stepping; the others go on.
+    non-finite loss) stops stepping; the others go on. A trainee resumed from a step checkpoint steps from its
+    `first_step` on: the batches before it are drawn (the data stream replays exactly) but not trained on. When
+    `stop` (helper.engine.preemption.StopRequest) asks for it, the loop raises StepStop after a step that is not the
+    epoch's last (the epoch's end has its own checkpoint).
     """
     active = [t for t in trainees if t.active(epoch)]
     iters = len(loader)
@@ -78,13 +82,19 @@ def train_epoch(epoch, loader, trainees, device, teacher=None, desc="train", no_
         trainee.begin_epoch(epoch, loader)
     start = time.time()
     for i, items in enumerate(tqdm(loader, desc=f"{desc} {epoch}", leave=False, disable=no_progress)):
-        batch = Batch.from_loader(items, device)
-        teachers = TeacherOutputs(teacher, batch, [t.needs for t in active]) if teacher is not None else None
-        for trainee in active:
-            trainee.step(batch, teachers, i)
+        stepping = [t for t in active if i >= t.first_step]
+        if stepping:
+            batch = Batch.from_loader(items, device)
+            teachers = TeacherOutputs(teacher, batch, [t.needs for t in stepping]) if teacher is not None else None
+            for trainee in stepping:
+                trainee.step(batch, teachers, i)
         active = [t for t in active if not t.failed]
         if not active:
             break
+        if stop is not None and i + 1 < iters:
+            signum = stop.requested()
+            if signum:
+                raise StepStop(epoch, i + 1, time.time() - start, signum)
     return time.time() - start
 
 

@@ -31,3 +31,15 @@ def accuracy(output, target, topk=(1,)):
     correct = pred.eq(target.view(-1, 1))
     batch = target.shape[0]
     return [correct[:, :min(k, maxk)].any(dim=1).float().sum() * (100.0 / batch) for k in topk]
+
+
+def meters_state(meters):
+    """{name: (sum, count)} of some AverageMeters, to continue them exactly after a restart (sums keep their dtype)."""
+    return {name: (meter.sum, meter.count) for name, meter in meters.items()}
+
+
+def restore_meters(state, meters):
+    """Put back the sums and counts of meters_state into `meters` (a dict or defaultdict of AverageMeters)."""
+    for name, (total, count) in state.items():
+        meters[name].sum, meters[name].count = total, count
+    return meters

@@ -9,6 +9,7 @@ import errno
 import hashlib
 import logging
 import math
+import signal
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -20,9 +21,10 @@ from helper.engine import distributed
 from helper.engine.distributed import is_main_process
 from helper.engine.loop import train_epoch, validate
 from helper.engine.lr import lr_at_epoch, set_lr
-from helper.engine.meters import AverageMeter, accuracy
+from helper.engine.meters import AverageMeter, accuracy, meters_state, restore_meters
+from helper.engine.preemption import StepStop
 from helper.engine.step import run_step
-from helper.errors import Interrupted, NonFiniteLossError, UserError
+from helper.errors import Interrupted, NonFiniteLossError, Preempted, UserError
 from helper.util import RunLog, plain_options, set_seed
 
 log = logging.getLogger("kd")
@@ -79,6 +81,13 @@ class RngStreams:
         self.device = torch.device(device)
         self.method = torch.Generator(device=self.device)
         self.cpu_state = self.cuda_state = None
+
+    def state_dict(self):
+        return {"cpu": self.cpu_state, "cuda": self.cuda_state, "method": self.method.get_state()}
+
+    def load_state_dict(self, state):
+        self.cpu_state, self.cuda_state = state["cpu"], state["cuda"]
+        self.method.set_state(state["method"])
 
     def reseed(self, epoch):
         rank = distributed.get_rank()
@@ -152,6 +161,8 @@ class Trainee:
         # the current epoch's state, set anew by begin_epoch
         self.epoch, self.lr, self.iters, self.loader_iters, self.skip_partial = 0, None, 0, 0, False
         self.meters, self.seen, self.epoch_skips, self.epoch_start = defaultdict(AverageMeter), 0, 0, None
+        self.first_step, self.resume_step, self.carried_seconds = 0, None, 0.0  # a resume from a step checkpoint
+        self.saved_step = None  # (epoch, next step) of the step checkpoint written when a stop signal came
 
     # ---- the epoch ------------------------------------------------------------------------------------------------
     def active(self, epoch):
@@ -178,6 +189,45 @@ class Trainee:
         self.seen = 0
         self.epoch_skips = 0
         self.epoch_start = time.perf_counter()
+        self.first_step = 0
+        if self.resume_step is not None and self.resume_step["epoch"] == epoch:
+            self._continue_epoch(self.resume_step)
+        self.resume_step = None
+
+    def _continue_epoch(self, step):
+        """Put back this rank's epoch state of a step checkpoint: meters, counters, random streams, plug-ins."""
+        mine = step["ranks"][distributed.get_rank()]
+        restore_meters(mine["meters"], self.meters)
+        self.seen, self.epoch_skips, self.fp16_skips = mine["seen"], mine["epoch_skips"], mine["fp16_skips"]
+        self.rng.load_state_dict(mine["rng"])
+        for plugin, state in zip(self.plugins, mine["plugins"]):
+            plugin.load_epoch_state(state)
+        self.first_step, self.carried_seconds = step["iteration"], mine["seconds"]
+        self.log.info("continuing epoch %d at step %d of %d", self.epoch, step["iteration"] + 1, self.loader_iters)
+
+    def step_checkpoint(self, epoch, next_step, seconds):
+        """A checkpoint in the middle of `epoch`, before step `next_step` (0-based): the last epoch's counters, the
+        state now, and every rank's epoch state (gathered: call on every rank); None on ranks other than 0."""
+        mine = {"meters": meters_state(self.meters), "seen": self.seen, "epoch_skips": self.epoch_skips,
+                "fp16_skips": self.fp16_skips, "rng": self.rng.state_dict(),
+                "plugins": [plugin.epoch_state() for plugin in self.plugins],
+                "seconds": self.carried_seconds + seconds}
+        ranks = distributed.gather_objects(mine)
+        extra = self.extra_state()  # on every rank: plug-ins' scalars may be collectives
+        extra.pop("scalars", None)
+        if not is_main_process():
+            return None
+        ckpt = self.checkpoint(epoch - 1, self.last_record.get("test_acc"), extra)
+        ckpt["step"] = {"epoch": epoch, "iteration": next_step, "ranks": ranks}
+        return ckpt
+
+    def save_step(self, epoch, next_step, seconds):
+        """Write the step checkpoint (main process); the epoch's end replaces it with <arch>_last.pth."""
+        next_step = max(next_step, self.first_step)  # stopped again before reaching the step it resumed at
+        ckpt = self.step_checkpoint(epoch, next_step, seconds)
+        if ckpt is not None:
+            self.record.save_step(ckpt)
+        self.saved_step = (epoch, next_step)
 
     def step(self, batch, teachers, iteration):
         """Train on one batch (skipped when partial and the method needs full batches)."""
@@ -248,6 +298,9 @@ class Trainee:
 
     def kept(self):
         """What this trainee leaves to resume from: the last good checkpoint, or that none was written yet."""
+        if self.saved_step:
+            epoch, next_step = self.saved_step
+            return f"{self.arch}_step.pth holds epoch {epoch} up to step {next_step} of {self.loader_iters}"
         if self.state.last_saved_epoch:
             return f"the last good checkpoint ({self.arch}_last.pth, epoch {self.state.last_saved_epoch}) is kept"
         return "no checkpoint was written yet"
@@ -259,6 +312,7 @@ class Trainee:
 
     def end_epoch(self, epoch, seconds):
         """Validate, log, check for divergence, and write this epoch's checkpoints."""
+        seconds, self.carried_seconds = seconds + self.carried_seconds, 0.0
         try:
             self._end_epoch(epoch, seconds)
         except NonFiniteLossError as e:
@@ -316,6 +370,7 @@ class Trainee:
         self.state = RunState(start_epoch=ckpt["epoch"] + 1, best_acc=ckpt.get("best_acc", 0.0),
                               best_epoch=ckpt.get("best_epoch", 0), last_saved_epoch=ckpt["epoch"])
         self.last_record = {"test_acc": ckpt.get("accuracy")}  # results.json, even when no epoch is left to run
+        self.resume_step = ckpt.get("step")  # a step checkpoint: the epoch continues at its step
         if is_main_process():
             self.record.resumed(ckpt)
         self.log.info("resumed at epoch %d (best acc %.2f at epoch %d)", ckpt["epoch"], self.state.best_acc,
@@ -393,14 +448,15 @@ def format_eta(seconds):
     return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"
 
 
-def fit(trainees, loader, *, device, seed, teacher=None, sampler=None, no_progress=None, stage="main"):
+def fit(trainees, loader, *, device, seed, teacher=None, sampler=None, no_progress=None, stage="main", stop=None):
     """Run the epochs of every trainee over one data stream (run_epochs), then finish each.
 
-    Ctrl-C raises Interrupted and a full disk a UserError, both saying which checkpoints are kept.
+    Ctrl-C raises Interrupted and a full disk a UserError, both saying which checkpoints are kept; a stop signal
+    (`stop`, helper.engine.preemption) Preempted, after every trainee wrote a step checkpoint.
     """
     try:
         run_epochs(trainees, loader, device=device, seed=seed, teacher=teacher, sampler=sampler,
-                   no_progress=no_progress, stage=stage)
+                   no_progress=no_progress, stage=stage, stop=stop)
         for trainee in trainees:
             trainee.finish()
     except KeyboardInterrupt:
@@ -413,11 +469,12 @@ def fit(trainees, loader, *, device, seed, teacher=None, sampler=None, no_progre
     return trainees
 
 
-def run_epochs(trainees, loader, *, device, seed, teacher, sampler, no_progress, stage):
+def run_epochs(trainees, loader, *, device, seed, teacher, sampler, no_progress, stage, stop=None):
     """Epoch e of every trainee sees the same batches.
 
     The data stream of main-stage epoch e is seeded with seed + e (init stage: seed - e), as a single run's.
-    A trainee runs from its state.start_epoch to its own last epoch; one that fails stops alone.
+    A trainee runs from its state.start_epoch to its own last epoch; one that fails stops alone. A stop signal
+    ends the run after the step it came in (step checkpoints) or, at an epoch's end, after its checkpoints.
     """
     first = min(t.state.start_epoch for t in trainees)
     last = max(t.epochs for t in trainees)
@@ -426,10 +483,31 @@ def run_epochs(trainees, loader, *, device, seed, teacher, sampler, no_progress,
         if not active:
             continue
         seed_epoch(seed + epoch if stage == "main" else seed - epoch, epoch, loader, sampler)
-        seconds = train_epoch(epoch, loader, active, device, teacher=teacher, desc=stage, no_progress=no_progress)
+        try:
+            seconds = train_epoch(epoch, loader, active, device, teacher=teacher, desc=stage,
+                                  no_progress=no_progress, stop=stop)
+        except StepStop as s:
+            raise preempted(stage, [t for t in active if t.failed is None], s) from None
         for trainee in active:
             if trainee.failed is None:
                 trainee.end_epoch(epoch, seconds)
+        signum = stop.requested() if stop is not None and epoch < last else None
+        if signum:
+            raise Preempted(f"stopped by {signal.Signals(signum).name} at the end of epoch {epoch}; "
+                            f"{kept_checkpoints(trainees)}", signum)
+
+
+def preempted(stage, trainees, stop):
+    """Preempted for a StepStop: the main stage's trainees write their step checkpoints first; an init stage keeps
+    none (it starts over)."""
+    where = f"in epoch {stop.epoch} after step {stop.next_step}"
+    name = signal.Signals(stop.signum).name
+    if stage != "main":
+        return Preempted(f"stopped by {name} {where} of the init stage, which keeps no checkpoint: --resume starts "
+                         "it over", stop.signum)
+    for trainee in trainees:
+        trainee.save_step(stop.epoch, stop.next_step, stop.seconds)
+    return Preempted(f"stopped by {name} {where}; {kept_checkpoints(trainees)}", stop.signum)
 
 
 def kept_checkpoints(trainees):
@@ -455,6 +533,9 @@ class MemoryRecord:
 
     def save_init(self, ckpt):
         """A run folder writes <arch>_init.pth here."""
+
+    def save_step(self, ckpt):
+        """A run folder writes <arch>_step.pth here."""
 
     def resumed(self, ckpt):
         """A run folder repairs its files after a kill here."""

@@ -74,6 +74,13 @@ class Plugin:
         """Backpropagate and step; return False to let the loop do (task + distill).backward(); optimizer.step()."""
         return False
 
+    def epoch_state(self):
+        """What the plug-in accumulates within an epoch (e.g. meters for its scalars), for a step checkpoint."""
+        return {}
+
+    def load_epoch_state(self, state):
+        """Put back epoch_state() after start_epoch, when a run continues an epoch from a step checkpoint."""
+
     def scalars(self) -> Dict[str, float]:
         """Epoch summaries for the logs (a collective under torchrun: called on every rank)."""
         return {}

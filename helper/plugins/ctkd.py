@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from helper.engine import distributed
-from helper.engine.meters import AverageMeter
+from helper.engine.meters import AverageMeter, meters_state, restore_meters
 from helper.errors import UserError
 
 from . import Plugin, register_plugin
@@ -182,6 +182,12 @@ class CTKDTemperature(Plugin):
             ctx.temperature = map_temperature(raw.float(), self.opt.t_start, self.opt.t_end)
         for name, value in stats(ctx.temperature).items():
             self.meters[name].update(value)
+
+    def epoch_state(self):
+        return meters_state(self.meters)
+
+    def load_epoch_state(self, state):
+        restore_meters(state, self.meters)
 
     def scalars(self):
         out = distributed.reduce_meters({n: m for n, m in self.meters.items() if m.count}, self.opt.device)

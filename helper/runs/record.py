@@ -23,8 +23,15 @@ class RunRecord:
         self.logger.log(epoch, scalars, kind=kind)
 
     def save_last(self, ckpt):
-        """<arch>_last.pth, atomically: what a resume continues from."""
+        """<arch>_last.pth, atomically: what a resume continues from (a step checkpoint of that epoch is then
+        dropped)."""
         save_atomic({**ckpt, "script": self.script}, self.path(f"{self.arch}_last.pth"))
+        if os.path.exists(self.path(f"{self.arch}_step.pth")):
+            os.remove(self.path(f"{self.arch}_step.pth"))
+
+    def save_step(self, ckpt):
+        """<arch>_step.pth, atomically: the run stopped in the middle of an epoch (helper.engine.preemption)."""
+        save_atomic({**ckpt, "script": self.script}, self.path(f"{self.arch}_step.pth"))
 
     def copy_last(self, epoch, is_best):
         """Copies of <arch>_last.pth to _best and ckpt_epoch_N (redone on resume when a kill cut them)."""

@@ -17,7 +17,8 @@ log = logging.getLogger("kd")
 
 
 def resume_path(opt, folder, arch, allow_fresh=False):
-    """The checkpoint --resume names: the path given, or this run's <arch>_last.pth for a bare --resume.
+    """The checkpoint --resume names: the path given, or for a bare --resume this run's <arch>_step.pth when a stop
+    signal left one in the epoch after <arch>_last.pth's, else <arch>_last.pth.
 
     None when a bare --resume has nothing to continue and nothing can be lost: the run in `folder` stopped before its
     first checkpoint (or, with `allow_fresh`, a group's student never started); it then starts at epoch 1, said so.
@@ -25,6 +26,9 @@ def resume_path(opt, folder, arch, allow_fresh=False):
     if opt.resume != "last":
         return opt.resume
     path = os.path.join(folder, f"{arch}_last.pth")
+    step = os.path.join(folder, f"{arch}_step.pth")
+    if os.path.exists(step) and (saved_epoch(step) or 0) >= (saved_epoch(path) or 0):
+        return step  # stopped in the middle of the epoch after <arch>_last.pth's
     if os.path.exists(path):
         return path
     others = [os.path.basename(p) for p in resumable_checkpoints(folder)]
@@ -69,7 +73,7 @@ def read_resume_checkpoint(path, folder, arch, opt, script, check=None):
 def check_counters(ckpt, path):
     """The counters a resume continues from must be whole; otherwise the checkpoint is damaged (one line)."""
     epoch, best_epoch, best_acc = ckpt["epoch"], ckpt.get("best_epoch", 0), ckpt.get("best_acc", 0.0)
-    good_epoch = is_integer(epoch) and epoch >= 1
+    good_epoch = is_integer(epoch) and epoch >= (0 if "step" in ckpt else 1)  # a step checkpoint of epoch 1: 0
     fields = [("epoch", good_epoch, "a whole number >= 1"),
               ("best_epoch", good_epoch and is_integer(best_epoch) and 0 <= best_epoch <= epoch,
                "a whole number up to its epoch"),

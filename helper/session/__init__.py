@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from helper.engine import distributed, fast
+from helper.engine.preemption import stop_on_signals
 from helper.engine.trainee import Trainee, fit
 from helper.errors import NonFiniteLossError
 from helper.runs.folder import RunFolder, StartupLines
@@ -75,7 +76,8 @@ def train_plan(plan, startup):
         for r in runs:
             open_run(r, startup)
         startup.stop()
-        fit_all(runs, plan.stream)
+        with stop_on_signals(plan.stream.device) as stop:
+            fit_all(runs, plan.stream, stop)
     if plan.stream.plot and distributed.is_main_process():
         from helper.runs.curves import plot_each_run  # matplotlib only when asked for
         plot_each_run([r.spec.folder for r in runs], log)
@@ -119,10 +121,11 @@ def open_run(r, startup):
         r.trainee.resume_from(r.ckpt)
 
 
-def fit_all(runs, stream):
-    """The init stages (runs that have one and start fresh), then the main stage, over one data stream."""
+def fit_all(runs, stream, stop=None):
+    """The init stages (runs that have one and start fresh), then the main stage, over one data stream; a stop
+    signal ends both with step checkpoints (helper.engine.preemption)."""
     common = dict(device=stream.device, seed=stream.seed, teacher=stream.teacher, sampler=stream.sampler,
-                  no_progress=stream.no_progress)
+                  no_progress=stream.no_progress, stop=stop)
     inits = [r for r in runs if r.init is not None]
     if inits:
         fit([r.init for r in inits], stream.loader, stage="init", **common)
