@@ -54,12 +54,13 @@ NUMERICS_FILES = {
 
 # The long end-to-end tests (torchrun launches, kill -9 loops): left out of `bash scripts/test.sh` so the suite stays
 # within a researcher's patience; .ci/run runs them (`pytest -m long`).
-LONG_FILES = {"test_ddp.py", "test_kill_resume.py", "test_step_checkpoint_ddp.py"}
+LONG_FILES = {"test_ddp.py", "test_kill_resume.py", "test_step_checkpoint_ddp.py", "test_launch_cluster.py"}
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "numerics: compares floating-point results; CI reruns it under other CPU ISAs")
-    config.addinivalue_line("markers", "long: long end-to-end test (DDP, kills); scripts/test.sh skips it, CI runs it")
+    config.addinivalue_line("markers", "long: long end-to-end test (DDP, kills, schedulers); scripts/test.sh skips it, "
+                                       "CI runs it")
 
 
 def pytest_collection_modifyitems(items):

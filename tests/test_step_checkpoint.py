@@ -132,11 +132,14 @@ def test_the_stop_is_one_line_with_the_resume_command_and_exit_code_128_plus_the
     assert list(only_folder(tmp_path).glob("resnet8_step.pth"))
 
 
-def test_an_init_stage_stopped_says_it_starts_over_and_the_resume_does(tmp_path, teacher, signal_after_step):
-    args = student_args(tmp_path, teacher, "--distill", "fsp", "--init_epochs", "1", *EPOCHS)
+def test_an_init_stage_stopped_starts_over_and_ends_bit_identical(tmp_path, teacher, signal_after_step):
+    fsp = ["--distill", "fsp", "--init_epochs", "1", *EPOCHS]
+    train_student.main(student_args(tmp_path / "ref", teacher, *fsp))
+    args = student_args(tmp_path / "stop", teacher, *fsp)
     signal_after_step(2)
     with pytest.raises(Preempted, match="init stage.*starts it over"):
         train_student.main(args)
     signal_after_step(None)
-    train_student.main(args + ["--resume"])
-    assert json.load(open(only_folder(tmp_path) / "results.json"))["status"] == "finished"
+    train_student.main(args + ["--resume"])  # nothing was written but options.json: the run replays from its seed
+    assert json.load(open(only_folder(tmp_path / "stop") / "results.json"))["status"] == "finished"
+    assert_same_run(only_folder(tmp_path / "stop"), only_folder(tmp_path / "ref"))

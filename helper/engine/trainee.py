@@ -373,8 +373,9 @@ class Trainee:
         self.resume_step = ckpt.get("step")  # a step checkpoint: the epoch continues at its step
         if is_main_process():
             self.record.resumed(ckpt)
-        self.log.info("resumed at epoch %d (best acc %.2f at epoch %d)", ckpt["epoch"], self.state.best_acc,
-                      self.state.best_epoch)
+        where = (f"in epoch {self.resume_step['epoch']} before step {self.resume_step['iteration'] + 1}"
+                 if self.resume_step else f"at epoch {ckpt['epoch']}")
+        self.log.info("resumed %s (best acc %.2f at epoch %d)", where, self.state.best_acc, self.state.best_epoch)
 
     def fail(self, message):
         """Stop this trainee only: one line, the error in results.json; the last good checkpoint stays."""

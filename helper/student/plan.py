@@ -32,6 +32,7 @@ class PlannedRun:
     explicit: frozenset
     source: str  # for messages: "--distill kd --model_s resnet8" or "line 3 of plan.txt"
     label: str = ""
+    tokens: tuple = ()  # the flags this student adds to the command line's (its plan line, --distill/--model_s)
 
 
 def read_plan(path):
@@ -78,22 +79,32 @@ def plan_runs(argv, parse, explicit_dests):
             if "plan" in explicit_dests(tokens):
                 raise UserError(f"--plan {base.plan} line {number} holds --plan, which a plan line cannot use; copy "
                                 "that file's lines into this one")
-            variants.append((f"line {number} of {base.plan}", argv + tokens))
+            variants.append((f"line {number} of {base.plan}", tokens))
     else:
         methods = [m.strip() for m in base.distill.split(",") if m.strip()]
         students = [m.strip() for m in base.model_s.split(",") if m.strip()]
         if len(methods) * len(students) == 1:
-            variants.append(("the command line", argv))
+            variants.append(("the command line", []))
         else:
             for model_s in students:
                 for method in methods:
-                    variants.append((f"--distill {method} --model_s {model_s}",
-                                     argv + ["--distill", method, "--model_s", model_s]))
-    runs = [PlannedRun(parse(args), frozenset(explicit_dests(args)), source) for source, args in variants]
+                    variants.append((f"--distill {method} --model_s {model_s}", ["--distill", method, "--model_s", model_s]))
+    runs = [PlannedRun(parse_variant(parse, argv + tokens, source), frozenset(explicit_dests(argv + tokens)), source,
+                       tokens=tuple(tokens)) for source, tokens in variants]
     if len(runs) > 1:
         label_runs(runs)
     check_shared(runs)
     return runs
+
+
+def parse_variant(parse, args, source):
+    """parse(args); a plan line's mistake names the line."""
+    try:
+        return parse(args)
+    except UserError as e:
+        if not source.startswith("line "):
+            raise
+        raise UserError(f"{source}: {e}") from None
 
 
 def label_runs(runs):
