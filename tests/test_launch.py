@@ -82,5 +82,7 @@ def test_the_debug_executor_runs_the_table_and_status_says_done(tmp_path, teache
     assert "trial0-0     kd>resnet8, crd>resnet8: done" in out and "1 done (of 1 jobs)" in out
     manifest = json.load(open(tmp_path / "launch" / "launch.json"))
     assert manifest["executor"] == "debug" and len(manifest["commit"]) in (40, len("unknown"))
+    from helper.tools import table
+    assert len(table.find_run_folders([str(tmp_path / "launch")])) == 2  # the launch folder as the table's input
     with pytest.raises(UserError, match="already holds a launch"):
         launch.main(["--executor", "debug", "--folder", str(tmp_path / "launch"), *request(tmp_path, teacher)])

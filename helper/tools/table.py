@@ -32,6 +32,7 @@ from helper.runs.records import (
     read_log,
     read_results,
 )
+from helper.tools.launch import MANIFEST, read_manifest
 from helper.tools.published import PAPER, PAPER_DATASET, PAPER_VANILLA, paper_number
 from helper.util import flag_text as option_text
 
@@ -121,12 +122,15 @@ def is_run_folder(path):
 
 
 def find_run_folders(paths):
-    """Every run folder in or under `paths` (a path may itself be a run folder); one-line errors for a path that
-    does not exist or holds no run."""
+    """Every run folder in or under `paths` (a path may itself be a run folder, or a helper.launch folder: its
+    jobs' run folders); one-line errors for a path that does not exist or holds no run."""
     folders = []
     for path in paths:
         if not os.path.isdir(path):
             raise UserError(f"{path} does not exist" if not os.path.exists(path) else f"{path} is not a folder")
+        if os.path.isfile(os.path.join(path, MANIFEST)):  # a launch folder: the run folders of its jobs
+            folders += [f for job in read_manifest(path)["jobs"] for f in job["folders"] if os.path.isdir(f)]
+            continue
         found = []
         for root, dirs, _ in os.walk(path):
             if is_run_folder(root):
