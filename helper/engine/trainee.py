@@ -494,6 +494,7 @@ def run_epochs(trainees, loader, *, device, seed, teacher, sampler, no_progress,
                 trainee.end_epoch(epoch, seconds)
         signum = stop.requested() if stop is not None and epoch < last else None
         if signum:
+            log.info("received %s: stopping at the end of epoch %d", signal.Signals(signum).name, epoch)
             raise Preempted(f"stopped by {signal.Signals(signum).name} at the end of epoch {epoch}; "
                             f"{kept_checkpoints(trainees)}", signum)
 
@@ -503,6 +504,7 @@ def preempted(stage, trainees, stop):
     none (it starts over)."""
     where = f"in epoch {stop.epoch} after step {stop.next_step}"
     name = signal.Signals(stop.signum).name
+    log.info("received %s: stopping %s%s", name, where, "" if stage == "main" else " of the init stage")
     if stage != "main":
         return Preempted(f"stopped by {name} {where} of the init stage, which keeps no checkpoint: --resume starts "
                          "it over", stop.signum)

@@ -363,12 +363,12 @@ def process_alive(pid):
 
 
 def stops_of(folder):
-    """How many times the run in `folder` was stopped by a signal and went on (its train.log says so)."""
+    """How many times the run in `folder` was stopped by a signal (its train.log says so at each stop)."""
     path = os.path.join(folder, "train.log")
     if not os.path.isfile(path):
         return 0
     with open(path, errors="replace") as f:
-        return sum("continuing epoch" in line for line in f)
+        return sum(" received SIG" in line for line in f)
 
 
 def run_progress(folder):
