@@ -12,6 +12,10 @@ CONF_DIR=/etc/slurm
 STATE=/var/spool/slurm-local
 NODE=$(hostname -s)
 
+running() {  # a live process of that name (zombies left by a killed parent do not count)
+    pgrep -r R,S,D -x "$1" >/dev/null
+}
+
 need_root() {
     if [ "$(id -u)" != 0 ]; then echo "error: scripts/slurm_local.sh needs root (it starts munged, slurmctld, slurmd)" >&2; exit 2; fi
 }
@@ -63,12 +67,11 @@ start() {
     rm -f "$CONF_DIR/cgroup.conf"  # no cgroup.conf: slurmd autodetects, and task/none, proctrack/linuxproc use none
     if [ ! -s /etc/munge/munge.key ]; then mungekey --create >/dev/null 2>&1 || /usr/sbin/create-munge-key; fi
     chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge 2>/dev/null || true
-    pgrep -x munged >/dev/null || su -s /bin/sh munge -c /usr/sbin/munged || /usr/sbin/munged --force
-    pgrep -x slurmctld >/dev/null || slurmctld
-    pgrep -x slurmd >/dev/null || slurmd
-    for _ in $(seq 60); do
+    for _ in $(seq 60); do  # (re)start whichever daemon is not running, until the node is idle
+        running munged || su -s /bin/sh munge -c /usr/sbin/munged 2>/dev/null || /usr/sbin/munged --force
+        running slurmctld || slurmctld
+        running slurmd || slurmd
         if sinfo -h -o %t 2>/dev/null | grep -qx idle; then sinfo; return; fi
-        scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 || true
         sleep 1
     done
     echo "error: the SLURM node did not become idle in 60 s; see /var/log/slurm/" >&2
@@ -80,6 +83,11 @@ stop() {
     pkill -x slurmd || true
     pkill -x slurmctld || true
     pkill -x munged || true
+    for _ in $(seq 60); do
+        running slurmd || running slurmctld || running munged || return 0
+        sleep 0.5
+    done
+    pkill -9 -x slurmd || true; pkill -9 -x slurmctld || true; pkill -9 -x munged || true
 }
 
 case "$ACTION" in
