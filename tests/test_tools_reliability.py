@@ -246,3 +246,22 @@ def test_a_list_arch_is_one_error_line_from_the_command(teacher, tmp_path):
     torch.save({**ckpt, "arch": ["resnet8"]}, path)
     code, _, stderr = run_module("helper.evaluate", path, "--device", "cpu")
     assert_one_error_line(code, stderr, str(path), "arch field", "not a model name")
+
+
+# ---- helper.verify_teacher, file modes --------------------------------------------------------------------------------
+def test_verify_teacher_help_and_missing_arguments_are_argparse_not_a_traceback():
+    code, stdout, stderr = run_module("helper.verify_teacher", "-h")
+    assert code == 0 and "arch" in stdout and "Traceback" not in stderr
+    code, _, stderr = run_module("helper.verify_teacher")
+    assert code == 2 and "Traceback" not in stderr and "the following arguments are required" in stderr
+
+
+def test_atomic_writes_get_the_mode_a_plain_open_gives(tmp_path):
+    from helper.runs.files import save_atomic, write_text_atomic
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    write_text_atomic(str(tmp_path / "results.json"), "{}")
+    save_atomic({"a": 1}, str(tmp_path / "last.pth"))
+    expected = plain.stat().st_mode & 0o777
+    assert (tmp_path / "results.json").stat().st_mode & 0o777 == expected  # 0644 under umask 022, not 0600
+    assert (tmp_path / "last.pth").stat().st_mode & 0o777 == expected

@@ -1,5 +1,5 @@
 """`python -m helper.verify_teacher FILE ARCH`: check a teacher file loads strictly into ARCH (100 classes)."""
-import sys
+import argparse
 
 from helper.runs.files import extract_state_dict, file_sha256, load_checkpoint, load_weights
 from models import build_model
@@ -12,8 +12,12 @@ def verify(path, arch, num_classes=100):
 
 
 def main(argv=None):
-    path, arch = (sys.argv[1:] if argv is None else argv)[:2]
-    print(f"ok {arch} {path} sha256 {verify(path, arch)}")
+    parser = argparse.ArgumentParser(description="Check that a teacher file loads strictly into a network of this "
+                                                 "repository (100 classes); print its sha256.")
+    parser.add_argument("file", help="the checkpoint ({'model': state_dict}, a state_dict, a torchvision file)")
+    parser.add_argument("arch", help="the network name (models.model_dict), e.g. resnet32x4")
+    args = parser.parse_args(argv)
+    print(f"ok {args.arch} {args.file} sha256 {verify(args.file, args.arch)}")
 
 
 if __name__ == "__main__":
