@@ -281,3 +281,10 @@ def test_resume_drops_damaged_log_lines_and_keeps_the_others(tmp_path):
     train_teacher.main(teacher_args(tmp_path, "--epochs", "2", "--resume"))
     records = [json.loads(line) for line in open(folder / "log.jsonl")]
     assert [r["step"] for r in records] == [1, 2]
+
+
+def test_a_refused_resume_leaves_no_empty_run_or_tensorboard_folder(tmp_path):
+    with pytest.raises(UserError, match="no checkpoint"):
+        train_teacher.main(teacher_args(tmp_path, "--resume"))
+    assert not (tmp_path / "models").exists() or not any((tmp_path / "models").iterdir())
+    assert not (tmp_path / "tb").exists() or not any((tmp_path / "tb").iterdir())

@@ -83,10 +83,11 @@ class RunFolder:
     def __init__(self, path):
         self.path = path
         self._lock = None
+        self.created = []  # the folders this claim made (removed again when the run is refused before it starts)
 
     def acquire(self):
         """Create the folder and take its lock; a held lock is a one-line UserError naming the holder's PID."""
-        make_folder(self.path, "run folder", "--model_path")
+        self.make(self.path, "run folder", "--model_path")
         self.check_files()
         lock_path = os.path.join(self.path, LOCK_NAME)
         handle = open(lock_path, "a+")
@@ -109,7 +110,7 @@ class RunFolder:
         """Lock the folder, make the TensorBoard folder and check what an earlier run left there (resume, overwrite);
         returns self. Writes nothing else: the caller removes stale temporaries once its own checks have passed."""
         self.acquire()
-        make_folder(tb_folder, "TensorBoard folder", "--tb_path")
+        self.make(tb_folder, "TensorBoard folder", "--tb_path")
         self.check_start(resume, overwrite)
         return self
 
@@ -122,11 +123,24 @@ class RunFolder:
                 raise UserError(f"{path} is a directory, but the run writes a file there; move or remove it, or "
                                 "pick another folder with --trial")
 
-    def release(self):
+    def make(self, path, what, flag):
+        if not os.path.isdir(path):
+            self.created.append(path)
+        make_folder(path, what, flag)
+
+    def release(self, started=True):
+        """Unlock; for a run that never started (refused after the claim), remove the folders the claim made."""
         if self._lock is not None:
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
+        if started:
+            return
+        for path in reversed(self.created):
+            if os.path.isdir(path) and set(os.listdir(path)) <= {LOCK_NAME}:
+                if os.path.exists(os.path.join(path, LOCK_NAME)):
+                    os.remove(os.path.join(path, LOCK_NAME))
+                os.rmdir(path)
 
     def previous_run(self):
         """'finished', 'partial' or None: what an earlier run left in the folder."""

@@ -94,7 +94,7 @@ def claimed(runs):
     finally:
         for r in runs:
             if r.folder is not None:
-                r.folder.release()
+                r.folder.release(started=r.trainee is not None)
             if r.log_handler is not None:
                 detach_run_log(r.log_handler)
 
