@@ -11,7 +11,7 @@ from helper.errors import NonFiniteLossError, UserError
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="apt-get install dataset-fashion-mnist")
-TIMING = {"time", "epoch_time", "images_per_s", "eta_s"}  # wall-clock fields: the only ones allowed to differ
+TIMING = {"time", "epoch_time", "test_time", "images_per_s", "eta_s"}  # wall-clock fields: the only ones allowed to differ
 
 # One line per student, as in scripts/plans/*.txt: full batches (semckd), more epochs (crcd), an init stage (factor),
 # its own negatives (crd, crcd), a learnable instance-wise temperature, a warm-up (dkd).

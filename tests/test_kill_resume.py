@@ -17,7 +17,7 @@ WORKER = os.path.join(ROOT, "tests", "kill_worker.py")
 FMNIST = "/usr/share/datasets/fashion-mnist"
 pytestmark = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="apt-get install dataset-fashion-mnist")
 EPOCHS, STEPS_PER_EPOCH = 3, 4  # --subset 128 --batch_size 32
-TIMING = {"time", "epoch_time", "images_per_s", "eta_s"}  # wall-clock fields: the only ones allowed to differ
+TIMING = {"time", "epoch_time", "test_time", "images_per_s", "eta_s"}  # wall-clock fields: the only ones allowed to differ
 # Seeds whose best epoch is not the first (a kill inside a copy must hit a second best.pth).
 METHODS = {"kd": ["--distill", "kd", "--seed", "1"], "crd": ["--distill", "crd", "--nce_k", "32", "--seed", "3"]}
 # (method, kill point): every point for KD; for CRD, a kill mid-epoch (memory bank replay) and inside a copy.

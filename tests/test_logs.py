@@ -29,7 +29,7 @@ STUDENT_START = START + [r"resnet8 -> resnet8: --distill kd, -r 0\.1 -a 0\.9 -b 
 TEACHER_START = START + [r"resnet8 from scratch: 2 epochs, lr 0\.05"]
 STUDENT_PROGRESS = rf"epoch (\d) \[(\d)/4\] loss {NUMBER} \(cls {NUMBER} div {NUMBER}\) acc {NUMBER} \| \d+ img/s$"
 TEACHER_PROGRESS = rf"epoch (\d) \[(\d)/4\] loss {NUMBER} \(cls {NUMBER}\) acc {NUMBER} \| \d+ img/s$"
-EPOCH_END = rf"epoch (\d)/2  lr .* \| {NUMBER} s, \d+ img/s, ETA \d+m\d\ds$"
+EPOCH_END = rf"epoch (\d)/2  lr .* \| {NUMBER} s train \+ {NUMBER} s test, \d+ img/s, ETA \d+m\d\ds$"
 
 
 def run_with_stderr_in_a_file(tmp_path, script, args):
@@ -62,6 +62,7 @@ def assert_epoch_records_time_and_throughput(folder):
     assert [r["step"] for r in records] == [1, 2]
     for record in records:
         assert record["time"] > 0 and record["epoch_time"] > 0 and record["images_per_s"] > 0
+        assert record["test_time"] > 0  # the epoch's testing, shown beside its training and counted in the ETA
         assert record["eta_s"] >= 0
     assert records[1]["eta_s"] == 0  # nothing left after the last epoch
 

@@ -323,19 +323,21 @@ class Trainee:
         if not math.isfinite(stats.get("loss", 0.0)):
             raise NonFiniteLossError(self._stopped(f"the training loss of epoch {epoch} is not finite"))
         distributed.broadcast_buffers(*self.train_modules)
+        test_start = time.perf_counter()
         acc1, acc5, val_loss = validate(self.val_loader, self.eval_model, torch.nn.CrossEntropyLoss(), self.opt)
+        test_seconds = time.perf_counter() - test_start
         if not math.isfinite(val_loss) or not weights_finite(self.model):
             what = "test loss" if not math.isfinite(val_loss) else "weights"
             raise NonFiniteLossError(self._stopped(f"the run diverged in epoch {epoch}: non-finite {what}"))
         is_best = self.state.best_epoch == 0 or acc1 > self.state.best_acc  # the first epoch is the best so far
         if is_best:
             self.state.best_acc, self.state.best_epoch = acc1, epoch
-        self.epoch_seconds.append(seconds)
+        self.epoch_seconds.append(seconds + test_seconds)  # the ETA counts training and testing
         throughput = self.seen * self.opt.world_size / max(seconds, 1e-9)
         eta = sum(self.epoch_seconds) / len(self.epoch_seconds) * (self.epochs - epoch)
         record = {"lr": self.lr, "train_acc": stats.get("acc1", 0.0), "train_loss": stats["loss"],
                   "test_acc": acc1, "test_acc_top5": acc5, "test_loss": val_loss, "best_acc": self.state.best_acc,
-                  "epoch_time": seconds, "images_per_s": throughput, "eta_s": eta}
+                  "epoch_time": seconds, "test_time": test_seconds, "images_per_s": throughput, "eta_s": eta}
         record.update({f"train_{k}": v for k, v in stats.items() if k.startswith("loss_")})
         if self.scaler is not None:
             record["fp16_skipped_steps"] = self.epoch_skips
@@ -343,8 +345,9 @@ class Trainee:
         record.update(extra.pop("scalars", {}))
         self.record.log(epoch, record)  # before the checkpoint: a resume drops records past the checkpoint's epoch
         self.log.info("epoch %d/%d  lr %.4g  train loss %.4f acc %.2f  test acc %.2f (top-5 %.2f)  best %.2f  "
-                      "| %.1f s, %.0f img/s, ETA %s", epoch, self.epochs, self.lr, stats["loss"],
-                      stats.get("acc1", 0.0), acc1, acc5, self.state.best_acc, seconds, throughput, format_eta(eta))
+                      "| %.1f s train + %.1f s test, %.0f img/s, ETA %s", epoch, self.epochs, self.lr, stats["loss"],
+                      stats.get("acc1", 0.0), acc1, acc5, self.state.best_acc, seconds, test_seconds, throughput,
+                      format_eta(eta))
         if is_main_process():
             self.record.save_last(self.checkpoint(epoch, acc1, extra))
             self.state.last_saved_epoch = epoch  # a resume continues from here and redoes the copies if cut
