@@ -114,12 +114,13 @@ def expand(student_argv, trials, group_size, folder):
         raise UserError(f"--group_size must be at least 1, got {group_size}")
     parser = one_line_errors(student_parser())
     argv = absolute_paths(student_argv)
-    jobs = []
+    jobs, arch = [], None
     for trial in trials:
         with_trial = argv + ["--trial", trial]
         runs = plan_runs(with_trial, lambda args: finish_student_options(parser.parse_args(args)),
                          lambda args: explicit_dests(parser, args))
-        arch = teacher_arch(load_checkpoint(runs[0].opt.path_t), runs[0].opt.path_t)
+        if arch is None:  # every trial has the same --path_t: read the teacher file once
+            arch = teacher_arch(load_checkpoint(runs[0].opt.path_t), runs[0].opt.path_t)
         for run in runs:
             resolve_student_options(run, arch)
         for start in range(0, len(runs), group_size):
