@@ -48,10 +48,19 @@ def test_a_table_becomes_one_job_per_trial_and_chunk_at_the_single_runs_folders(
     (["--group_size", "0"], ["--group_size must be at least 1"]),
     (["--trials", ","], ["--trials", "names no trial"]),
 ])
-def test_bad_launcher_flags_are_one_line_and_submit_nothing(tmp_path, teacher, flags, words):
+def test_bad_launcher_flags_are_one_line_and_submit_nothing(tmp_path, teacher, flags, words, monkeypatch):
+    monkeypatch.setattr(launch, "slurm_partitions", lambda: None)  # flag mistakes are named first, SLURM up or not
     with pytest.raises(UserError) as err:
         launch.main(["--folder", str(tmp_path / "launch"), *flags, *request(tmp_path, teacher)])
     assert "\n" not in str(err.value) and all(w in str(err.value) for w in words), str(err.value)
+    assert not (tmp_path / "launch").exists()
+
+
+def test_slurm_missing_is_one_line_after_the_flags_pass(tmp_path, teacher, monkeypatch):
+    monkeypatch.setattr(launch, "slurm_partitions", lambda: None)
+    with pytest.raises(UserError) as err:
+        launch.main(["--folder", str(tmp_path / "launch"), *request(tmp_path, teacher)])
+    assert "--executor slurm: no SLURM here" in str(err.value) and "slurm_local.sh start" in str(err.value)
     assert not (tmp_path / "launch").exists()
 
 

@@ -186,9 +186,14 @@ def slurm_partitions():
     return set(out.stdout.split()) if out.returncode == 0 else None
 
 
-def check_executor(args):
+def check_executor_name(args):
     if args.executor not in EXECUTORS:
         raise UserError(f"unknown --executor {args.executor!r}; choose one of: {', '.join(EXECUTORS)}")
+
+
+def check_executor(args):
+    """The executor's name, then (for slurm) that SLURM answers here."""
+    check_executor_name(args)
     if args.executor == "slurm":
         known = slurm_partitions()
         if known is None:
@@ -304,12 +309,14 @@ def launch(args, student_argv):
     """Expand, check, write the manifest and job plans, submit."""
     if args.folder is None:
         raise UserError("--folder is required: the launch folder (manifest, job plans and logs go there)")
-    check_executor(args)
     folder = os.path.abspath(args.folder)
     if os.path.isfile(os.path.join(folder, MANIFEST)):
         raise UserError(f"{folder} already holds a launch; use --status {args.folder} or --resume {args.folder}, "
                         "or another --folder")
-    jobs = expand(student_argv, parse_trials(args.trials), args.group_size, folder)
+    trials = parse_trials(args.trials)
+    check_executor_name(args)
+    jobs = expand(student_argv, trials, args.group_size, folder)  # every flag checked before the machine is asked
+    check_executor(args)
     os.makedirs(folder, exist_ok=True)
     write_plans(folder, jobs)
     commit = git_commit()
