@@ -1,5 +1,6 @@
 """Files that survive kills: atomic writes (temporary file, then rename), checkpoint reading with one-line errors,
 strict weight loading, and the sha256 of a file."""
+import argparse
 import hashlib
 import logging
 import os
@@ -45,8 +46,15 @@ def _write_atomic(path, write):
         raise
 
 
+# Classes a checkpoint may hold besides tensors and plain values: RepDistiller's *_last.pth record the run's options
+# as an argparse.Namespace ({'opt': Namespace(...), 'model': ..., 'optimizer': ...}). Rebuilt by torch.load's
+# weights-only unpickler, which sets their attributes and runs no code of theirs.
+SAFE_GLOBALS = (argparse.Namespace,)
+
+
 def load_checkpoint(path):
-    """Load a checkpoint file with weights_only=True, with a one-line error if it is missing or unreadable."""
+    """Load a checkpoint file with weights_only=True (tensors, plain values and SAFE_GLOBALS), with a one-line error if
+    it is missing, unreadable or holds any other Python object."""
     if os.path.isdir(path):
         raise UserError(f"checkpoint {path} is a directory; give the .pth file inside it (e.g. <arch>_best.pth)")
     if not os.path.isfile(path):
@@ -54,11 +62,30 @@ def load_checkpoint(path):
     if os.path.getsize(path) == 0:
         raise UserError(f"checkpoint {path} is empty (0 bytes); was its write interrupted?")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
+        foreign = foreign_globals(path)
+        if foreign:
+            raise UserError(f"{path} is not a checkpoint this tool can load safely: besides tensors and plain values "
+                            f"it holds {', '.join(foreign)}, Python objects it does not unpickle (unpickling runs "
+                            "their code); save the weights as {'model': model.state_dict()} (argparse.Namespace "
+                            "options are fine)") from None
         raise UserError(f"{path} is not a checkpoint this tool can load safely ({unreadable_reason(e)}): it is "
                         "damaged, not written by torch.save, or holds objects other than tensors and plain "
                         "values") from None
+
+
+def foreign_globals(path):
+    """The Python globals a torch.save file names that weights-only loading refuses ('posix.system',
+    '__main__.MyConfig'), read from its pickle's opcodes without running them; [] when it names none or cannot be
+    read."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 - damaged or not a torch.save zip file: the caller's other message says so
+        return []
+    allowed = {f"{cls.__module__}.{cls.__qualname__}" for cls in SAFE_GLOBALS}
+    return [name for name in names if name not in allowed]
 
 
 def unreadable_reason(error):

@@ -3,9 +3,12 @@
     python -m helper.evaluate CKPT [--dataset ...] [--data_root ...] [--device ...] [--per_class F.csv] [--json]
 
 CKPT may be any checkpoint this repository writes (teacher or student, with the evaluation head it recorded, e.g.
-SimKD's projector and teacher classifier), a RepDistiller `{'model': state_dict}` file, a torchvision weight file
-(a plain state_dict, with --arch) or a DDP file whose keys start with `module.`. The architecture, dataset and
-class count are read from the checkpoint where it records them; the report says which ones were assumed.
+SimKD's projector and teacher classifier), a RepDistiller `{'model': state_dict}` or `*_last.pth` file (its
+argparse.Namespace options included), a torchvision or timm weight file (a plain state_dict, with --arch, e.g.
+--arch torchvision:resnet18) or a DDP file whose keys start with `module.`. The architecture, dataset and class count
+are read from the checkpoint where it records them; the report says which ones were assumed. The network sees the
+test images as a teacher of train_student.py would (helper/student/teacher.py: re-normalised and resized for a
+torchvision/timm file that expects another input; --input changes it).
 """
 import argparse
 import csv
@@ -26,9 +29,16 @@ from helper.errors import UserError
 from helper.options import run_cli
 from helper.runs.files import extract_state_dict, load_checkpoint, load_weights, write_output
 from helper.student.build import probe_shapes
-from helper.student.teacher import teacher_name_from_path
+from helper.student.teacher import (
+    adapted,
+    dataset_input,
+    describe_input,
+    expected_input,
+    parse_teacher_input,
+    teacher_name_from_path,
+)
 from helper.util import is_integer, resolve_device
-from models import build_model, input_size, model_dict
+from models import build_model, check_model_name, input_size, model_dict
 
 DEFAULT_DATASET = "cifar100"
 DEFAULT_BATCH = {"imagenet": 256}  # other datasets: 64, the training default
@@ -39,7 +49,13 @@ def build_parser():
                                 description="Evaluate a checkpoint on a test set (no training).")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint file (.pth)")
     p.add_argument("--arch", type=str, default=None,
-                   help="network name, needed when neither the checkpoint nor its folder name records it")
+                   help="network name (a model name, torchvision:<name> or timm:<name>), needed when neither the "
+                        "checkpoint nor its folder name records it; refused when it contradicts the checkpoint")
+    p.add_argument("--model_t", type=str, default=None, help="the same as --arch (train_student.py's spelling)")
+    p.add_argument("--input", type=str, default="auto",
+                   help="what the network sees: auto (its checkpoint's input_size/mean/std, else for a torchvision/"
+                        "timm file the library's pretrained configuration, else the test images as they are), "
+                        "dataset (the test images as they are) or a side in px (auto)")
     p.add_argument("--dataset", type=str, default=None,
                    help=f"{' | '.join(DATASETS)} (default: the checkpoint's, else {DEFAULT_DATASET})")
     p.add_argument("--data_root", type=str, default=None,
@@ -73,6 +89,13 @@ def recorded(ckpt, key):
     return ckpt.get(key) if isinstance(ckpt, dict) else None
 
 
+def plain_options(ckpt):
+    """The checkpoint with RepDistiller's `opt` (an argparse.Namespace in its *_last.pth) as a dict, like ours."""
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("opt"), argparse.Namespace):
+        return {**ckpt, "opt": vars(ckpt["opt"])}
+    return ckpt
+
+
 def is_positive_int(value):
     return is_integer(value) and value > 0
 
@@ -94,21 +117,30 @@ def check_recorded_fields(ckpt, path):
             raise UserError(f"{path}: the checkpoint's {key} field is {value!r}, not {what}")
 
 
-def resolve_arch(ckpt, path, flag):
-    """The architecture: the checkpoint's, else --arch, else the run folder's prefix (RepDistiller's layout)."""
+def arch_flag(args):
+    """(--arch or --model_t, the flag's name), (None, None) without either; the two must agree."""
+    if args.arch is not None and args.model_t is not None and args.arch != args.model_t:
+        raise UserError(f"--arch {args.arch} and --model_t {args.model_t} disagree; give one of them")
+    if args.arch is not None:
+        return args.arch, "--arch"
+    return (args.model_t, "--model_t") if args.model_t is not None else (None, None)
+
+
+def resolve_arch(ckpt, path, flag, flag_name="--arch"):
+    """The architecture: the checkpoint's, else --arch (--model_t), else the run folder's prefix (RepDistiller's
+    layout)."""
     saved = recorded(ckpt, "arch")
     if saved is not None and flag is not None and flag != saved:
-        raise UserError(f"--arch {flag} but {path} holds a {saved!r} network; drop --arch")
+        raise UserError(f"{flag_name} {flag} but {path} holds a {saved!r} network; drop {flag_name}")
     if saved is not None:
         return Fact(saved, "checkpoint")
     if flag is not None:
-        if flag not in model_dict:
-            raise UserError(f"unknown --arch {flag!r}; choose one of: {', '.join(sorted(model_dict))}")
-        return Fact(flag, "--arch")
+        check_model_name(flag, flag_name)
+        return Fact(flag, flag_name)
     from_folder = teacher_name_from_path(path)
     if from_folder not in model_dict:
         raise UserError(f"{path} does not record its architecture and its folder name does not start with a model "
-                        "name; pass --arch")
+                        "name; pass --arch (or --model_t), e.g. --arch resnet32x4 or --arch torchvision:resnet18")
     return Fact(from_folder, f"assumed from the folder name {os.path.basename(os.path.dirname(os.path.abspath(path)))}")
 
 
@@ -162,11 +194,14 @@ def check_classes_fit(path, classes, data, dataset, trained_on):
                         f"{data.num_classes}; pass the --dataset it was trained on{trained_on}")
 
 
-def check_input_size_fits(path, arch, data, dataset, trained_on):
-    """A dataset with another input size than the network's is a one-line error naming --dataset."""
-    if input_size[arch.value] != data.input_size:
-        raise UserError(f"{arch.value} in {path} expects {input_size[arch.value]}px inputs but --dataset "
-                        f"{dataset.value} gives {data.input_size}px; pass the --dataset it was trained on{trained_on}")
+def check_input_size_fits(path, arch, seen, data, dataset, trained_on):
+    """A network built for one input side that would see another is a one-line error naming --dataset."""
+    size = input_size[arch.value]
+    if size is not None and size != seen.size:
+        gives = f"gives {data.input_size}px" if seen.size == data.input_size else \
+            f"gives {data.input_size}px, resized to {seen.size}px"
+        raise UserError(f"{arch.value} in {path} expects {size}px inputs but --dataset {dataset.value} {gives}; pass "
+                        f"the --dataset it was trained on{trained_on} or --input {size}")
 
 
 # ---- the evaluation network -------------------------------------------------------------------------------------
@@ -274,13 +309,13 @@ def measure(network, data, opt):
 def evaluate(args):
     """Evaluate args.checkpoint -> the result as a dict (the --json line); writes the CSVs asked for."""
     path = args.checkpoint
-    ckpt = load_checkpoint(path)
+    ckpt = plain_options(load_checkpoint(path))
     check_recorded_fields(ckpt, path)
     try:
         state_dict = extract_state_dict(ckpt)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
-    arch = resolve_arch(ckpt, path, args.arch)
+    arch = resolve_arch(ckpt, path, *arch_flag(args))
     dataset = resolve_dataset(ckpt, args.dataset)
     classes = resolve_classes(ckpt, state_dict, arch.value, args.num_classes, path)
     use_head = recorded(ckpt, "eval_head") is not None and not args.no_head
@@ -294,8 +329,11 @@ def evaluate(args):
     check_classes_fit(path, classes, data, dataset, trained_on)
     network = build_model(arch.value, classes.value)
     load_weights(network, state_dict, path, arch.value)  # before the input size: a wrong --arch is named as such
-    check_input_size_fits(path, arch, data, dataset, trained_on)
-    network, head = evaluation_network(ckpt, network.to(device).eval(), data, device, path, args.no_head)
+    data_input = dataset_input(dataset.value, data.input_size)
+    seen, seen_source = expected_input(ckpt, arch.value, path, data_input, args.input, flag="--input")
+    check_input_size_fits(path, arch, seen, data, dataset, trained_on)
+    network, head = evaluation_network(ckpt, adapted(network.to(device).eval(), data_input, seen).to(device), data,
+                                       device, path, args.no_head)
     top1, top5, loss, confusion = measure(network, data, opt)
     if args.per_class:
         write_output(args.per_class, "--per_class", lambda out: write_per_class(out, confusion))
@@ -304,6 +342,7 @@ def evaluate(args):
     return {"file": path, "arch": arch.value, "arch_source": arch.source, "dataset": dataset.value,
             "dataset_source": dataset.source, "num_classes": classes.value, "classes_source": classes.source,
             "head": ckpt["eval_head"] if use_head else None, "head_description": head,
+            "input": f"{describe_input(seen, data_input)} ({seen_source})",
             "images": int(confusion.sum()), "top1": top1, "top5": top5, "loss": loss,
             "recorded_accuracy": recorded_accuracy(ckpt), "recorded_epoch": recorded(ckpt, "epoch"),
             "notes": notes(ckpt, dataset, args)}
@@ -337,6 +376,7 @@ def report(result):
              f"dataset   {result['dataset']} ({result['dataset_source']}); {result['num_classes']} classes "
              f"({result['classes_source']})",
              f"head      {result['head_description']}",
+             f"input     {result['input']}",
              f"images    {result['images']}",
              f"top-1     {result['top1']:.2f}",
              f"top-5     {result['top5']:.2f}",
@@ -353,6 +393,7 @@ def main(argv=None):
         value = getattr(args, flag)
         if value is not None and value < low:
             raise UserError(f"--{flag} must be at least {low}, got {value}")
+    parse_teacher_input(args.input, "--input")
     result = evaluate(args)
     print(json.dumps(result) if args.json else report(result))
     return result
