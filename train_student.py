@@ -10,14 +10,23 @@ helper/session/student.py, and helper/session the lifecycle every run shares.
 import sys
 
 from helper import session
-from helper.options import explicit_dests, finish_student_options, replayed_argv, run_cli, student_parser
+from helper.options import (
+    explicit_dests,
+    finish_student_options,
+    help_methods,
+    one_line_errors,
+    replayed_argv,
+    run_cli,
+    student_parser,
+)
 from helper.session.student import student_plan
 from helper.student.plan import plan_runs
 
 
-def build_parser():
-    """Every flag of a student run: the shared training flags, distillation, plug-ins, speed, each method's own."""
-    return student_parser()
+def build_parser(argv=None):
+    """Every flag of a student run: the shared training flags, distillation, plug-ins, speed, each method's own
+    (with -h in argv, only the flags of the methods of its --distill)."""
+    return student_parser(help_methods(argv))
 
 
 def parse_option(argv=None):
@@ -28,10 +37,13 @@ def parse_option(argv=None):
 
 def main(argv=None):
     """Train the student(s) of the command line; returns the RunState (a list for a group), None for --dry_run."""
-    parser = build_parser()
-    argv = replayed_argv(parser, sys.argv[1:] if argv is None else list(argv))
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
+    argv = replayed_argv(parser, argv)
+    line_parser = one_line_errors(build_parser())  # a plan line's mistake: one line naming the line
     runs = plan_runs(argv, lambda args: finish_student_options(parser.parse_args(args)),
-                     lambda args: explicit_dests(parser, args))
+                     lambda args: explicit_dests(parser, args),
+                     lambda args: finish_student_options(line_parser.parse_args(args)))
     return session.run(lambda: student_plan(runs))
 
 

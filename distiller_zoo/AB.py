@@ -3,7 +3,7 @@ from torch import nn
 
 from models.util import Connector
 
-from .base import Distiller, Needs, register_distiller
+from .base import Distiller, Needs, register_distiller, require_method
 
 
 class ABLoss(nn.Module):
@@ -44,6 +44,7 @@ class ABDistiller(Distiller):
 
     def __init__(self, opt, probe, student, teacher):
         super().__init__(opt, probe, student, teacher)
+        require_method(student, "get_feat_modules", "abound", "student")
         s_shapes = [f.shape for f in probe.out_s.stage_feats]
         t_shapes = [f.shape for f in probe.out_t.stage_feats]
         self.connector = Connector(s_shapes, t_shapes)

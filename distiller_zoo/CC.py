@@ -20,6 +20,7 @@ class Correlation(nn.Module):
 class CorrelationDistiller(Distiller):
     """CC on LinearEmbed(pooled) of student and teacher; both embeddings (--feat_dim) train with the student."""
 
+    reads = frozenset({"feat_dim"})
     needs = Needs(feats=True)
 
     def __init__(self, opt, probe, student, teacher):

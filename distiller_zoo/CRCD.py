@@ -153,6 +153,8 @@ class CRCDDistiller(Distiller):
     -a * --grad_kd_weight. The CRCD code's loss-weight schedule belongs to the training loop, not to this class.
     """
 
+    reads = frozenset({"feat_dim", "mode", "nce_k", "nce_t", "nce_m", "percent", "memory_dtype", "kd_T"})
+    tag_flags = frozenset({"with_grad", "grad_kd_type"})
     needs = Needs(feats=True, index=True, contrast_index=True)
 
     def __init__(self, opt, probe, student, teacher):

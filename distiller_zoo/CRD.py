@@ -40,6 +40,7 @@ def contrast_indices(sampler, batch, ctx):
 class CRDDistiller(Distiller):
     """Contrastive Representation Distillation (Tian, Krishnan, Isola, ICLR 2020) on pooled features."""
 
+    reads = frozenset({"feat_dim", "mode", "nce_k", "nce_t", "nce_m", "percent", "memory_dtype"})
     needs = Needs(feats=True, index=True, contrast_index=True)
 
     def __init__(self, opt, probe, student, teacher):

@@ -1,4 +1,5 @@
 """DKD: KL divergence decoupled into a target-class term (TCKD) and a non-target-class term (NCKD)."""
+import logging
 from functools import partial
 
 import torch
@@ -10,6 +11,7 @@ from helper.errors import UserError
 from .base import Distiller, Needs, register_distiller
 from .KD import normalize
 
+log = logging.getLogger("kd")
 GT_MASK_SHIFT = 1000.0  # mdistiller removes the target class from the NCKD softmaxes by subtracting this
 
 
@@ -71,6 +73,9 @@ class DKDDistiller(Distiller):
         super().__init__(opt, probe, student, teacher)
         if opt.dkd_T <= 0 or opt.warmup < 0:
             raise UserError(f"--dkd_T must be positive and --warmup >= 0, got {opt.dkd_T} and {opt.warmup}")
+        if opt.warmup > getattr(opt, "epochs", opt.warmup):
+            log.warning("--warmup %d is longer than the run's --epochs %d: the DKD terms never reach full weight "
+                        "(they end at %d/%d of it)", opt.warmup, opt.epochs, opt.epochs, opt.warmup)
         self.criterion = DKDloss()
         self.alpha, self.beta, self.T = opt.dkd_alpha, opt.dkd_beta, opt.dkd_T
 

@@ -5,7 +5,7 @@ from torch import nn
 
 from helper.errors import UserError
 
-from .base import Distiller, Needs, register_distiller
+from .base import Distiller, Needs, register_distiller, require_method
 
 
 def check_fsp_shapes(s_shapes, t_shapes):
@@ -63,6 +63,7 @@ class FSPDistiller(Distiller):
 
     def __init__(self, opt, probe, student, teacher):
         super().__init__(opt, probe, student, teacher)
+        require_method(student, "get_feat_modules", "fsp", "student")
         s_shapes = [f.shape for f in probe.out_s.all_but_pooled]
         t_shapes = [f.shape for f in probe.out_t.all_but_pooled]
         self.criterion = FSP(s_shapes, t_shapes)

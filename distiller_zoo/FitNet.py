@@ -28,6 +28,7 @@ def hint_feature(out, hint_layer):
 class HintDistiller(Distiller):
     """MSE between ConvReg(student feature) and the teacher feature at --hint_layer; ConvReg trains with the student."""
 
+    reads = frozenset({"hint_layer"})
     needs = Needs(feats=True)
 
     def __init__(self, opt, probe, student, teacher):

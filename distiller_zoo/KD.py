@@ -35,6 +35,7 @@ class KDDistiller(Distiller):
     """Plain KD: the loop's KL term (-a) is the whole method, so there is no extra term."""
 
     needs = Needs()
+    has_terms = False
 
     def loss(self, out_s, out_t, batch, ctx):
         return {}

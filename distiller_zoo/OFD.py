@@ -26,7 +26,7 @@ from torch import nn
 
 from helper.errors import UserError
 
-from .base import Distiller, Needs, register_distiller
+from .base import Distiller, Needs, register_distiller, require_method
 
 TAIL_PROBABILITY_FLOOR = 0.001  # below this P(x < 0) the official margin falls back to -3 sigma
 
@@ -153,6 +153,7 @@ class OFDDistiller(OFDModules, Distiller):
 
     def __init__(self, opt, probe, student, teacher):
         super().__init__(opt, probe, student, teacher)
+        require_method(teacher, "get_bn_before_relu", "ofd", "teacher")
         self.faithful = opt.ofd_faithful
         self.__dict__["teacher"] = teacher  # not a submodule: neither trained nor saved with the method
         self.init_ofd_modules([f.shape[1] for f in probe.out_s.stage_feats],

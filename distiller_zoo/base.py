@@ -12,7 +12,16 @@ from typing import Callable, ClassVar, Dict, FrozenSet, List, Optional, Tuple
 import torch
 from torch import nn
 
+from helper.errors import UserError
 from helper.registry import Registry, named
+
+
+def require_method(model, name, method, role):
+    """One line when `model` lacks a method `name` that the distillation method reads from it (the repository's own
+    networks have get_feat_modules and get_bn_before_relu; torchvision:/timm: networks do not)."""
+    if not callable(getattr(model, name, None)):
+        raise UserError(f"--distill {method} needs the {role}'s {name}(), which {type(model).__name__} does not "
+                        f"have; pick a network of this repository as the {role} (models/), or another method")
 
 
 @dataclass(frozen=True)
@@ -147,6 +156,13 @@ class Distiller(nn.Module):
     # Plug-in kinds the method's own terms read from StepContext: "temperature" (ctx.temp) and/or
     # "logit_transform" (ctx.distill_logits). A plug-in of a kind no term reads is refused at start-up.
     consumes: ClassVar[FrozenSet[str]] = frozenset()
+    # train_student's shared flags the method reads besides its own (add_args): with those, the flags that define
+    # the method's protocol (they split tables and name run folders; other methods' flags do not).
+    reads: ClassVar[FrozenSet[str]] = frozenset()
+    # False for a method with no term of its own (KD: the loop's KL term is the method): -b would weight nothing.
+    has_terms: ClassVar[bool] = True
+    # Flags that `run_tag` already spells in the run folder's name (not repeated as flag=value).
+    tag_flags: ClassVar[FrozenSet[str]] = frozenset()
 
     def __init__(self, opt, probe: ProbeShapes, student: nn.Module, teacher: nn.Module):
         super().__init__()

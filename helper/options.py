@@ -19,8 +19,9 @@ from helper.errors import Interrupted, NonFiniteLossError, Preempted, UserError
 from helper.plugins import add_plugin_args
 from helper.runs.logger import setup_console_logging
 from helper.runs.records import DamagedFile, read_json
+from helper.student.teacher import parse_teacher_input
 from helper.util import resolve_device
-from models import model_dict
+from models import check_model_name
 
 log = logging.getLogger("kd")
 SLOW_LR_MODELS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")  # RepDistiller trains these with lr 0.01
@@ -57,7 +58,8 @@ def add_training_args(parser):
                         "(imagenet's default with auto)")
     p.add_argument("--gpu_loader", action="store_true", help="the old spelling of --loader device")
     p.add_argument("-t", "--trial", type=str, default="0",
-                   help="trial id, part of the run folder name; without --seed it also seeds the run (0)")
+                   help="trial id, part of the run folder name; without --seed it also seeds the run: a number seeds "
+                        "with itself, a name (e.g. 'a') with a stable hash of it (CRC32) (0)")
     p.add_argument("--seed", type=int, default=None,
                    help="random seed (initial weights, data order, augmentation, negatives); epoch e of the data is "
                         "seeded with seed + e (default: the --trial number)")
@@ -191,6 +193,14 @@ def finish_seed(opt):
                         "generators all accept; pass a --seed in that range")
 
 
+def check_plain_name(opt, flag):
+    """A flag that becomes (part of) a folder name: letters, digits, '.', '_', '-', '=', '+' only."""
+    value = getattr(opt, flag)
+    if value is not None and (not re.fullmatch(r"[A-Za-z0-9._=+-]{1,100}", value) or value in (".", "..")):
+        raise UserError(f"--{flag} {value!r} must be a plain name of at most 100 characters (letters, digits, '.', "
+                        "'_', '-', '=', '+'): it is part of the run folder's name")
+
+
 def finish_training_args(opt):
     """Validate and derive fields shared by both scripts (device, decay epochs, seed)."""
     opt.lr_decay_epochs = check_decay_epochs(opt)
@@ -231,8 +241,8 @@ def apply_default_lr(opt, model_name, logger=log):
 def teacher_parser():
     parser = argparse.ArgumentParser(description="Train a teacher network (cross-entropy only).")
     add_training_args(parser)
-    parser.add_argument("--model", type=str, default="resnet110", help="network name from models.model_dict")
-    parser.add_argument("--model_path", type=str, default="./save/models", help="where run folders go")
+    parser.add_argument("--model", type=str, default="resnet110", help="network name from models.model_dict (resnet110)")
+    parser.add_argument("--model_path", type=str, default="./save/models", help="where run folders go (./save/models)")
     parser.add_argument("--tb_path", type=str, default="./save/tensorboard", help="where TensorBoard logs go")
     fast.add_fast_args(parser)
     return parser
@@ -240,8 +250,7 @@ def teacher_parser():
 
 def finish_teacher_options(opt):
     """A teacher run's options, checked, with its run folders (RepDistiller's names)."""
-    if opt.model not in model_dict:
-        raise UserError(f"unknown --model {opt.model!r}; choose one of: {', '.join(sorted(model_dict))}")
+    check_model_name(opt.model, "--model")
     apply_default_lr(opt, opt.model)
     finish_training_args(opt)
     fast.check_fast_args(opt)
@@ -258,16 +267,28 @@ def parse_teacher_options(argv=None):
     return finish_teacher_options(parser.parse_args(replayed_argv(parser, argv)))
 
 
-def student_parser():
-    parser = argparse.ArgumentParser(description="Distil a student network from a trained teacher.")
+def student_parser(shown_methods=None):
+    """train_student.py's parser; `shown_methods`: only these methods' own flags (for -h), else every method's."""
+    parser = argparse.ArgumentParser(
+        description="Distil a student network from a trained teacher.",
+        epilog=None if shown_methods is None else "Each method's own flags: train_student.py --distill NAME -h "
+        f"(shown here: {', '.join(shown_methods) or 'none'}).")
     add_training_args(parser)
     p = parser.add_argument_group("distillation")
     p.add_argument("--path_t", "--path-t", dest="path_t", type=str, default=None, help="teacher checkpoint ({'model': state_dict} file)")
+    p.add_argument("--model_t", type=str, default=None,
+                   help="the teacher's network, where --path_t's checkpoint and folder do not say (a model name, "
+                        "torchvision:<name> or timm:<name>); refused when it contradicts the checkpoint")
+    p.add_argument("--teacher_input", type=str, default="auto",
+                   help="what the teacher sees: auto (its checkpoint's input_size/mean/std; else, for a torchvision/timm "
+                        "file without 'arch', the library's pretrained configuration; else the batches as they are), "
+                        "dataset (the batches as they are) or a side in px; batches are un-normalised, resized and "
+                        "re-normalised for it when that differs from the dataset (auto)")
     p.add_argument("--model_s", type=str, default="resnet8",
                    help="student network name (resnet8); a comma-separated list trains one student per name")
     p.add_argument("--distill", type=str, default="kd",
-                   help="method: " + ", ".join(sorted(distiller_registry)) + "; a comma-separated list trains one "
-                        "student per method in one process, sharing the teacher's forward pass")
+                   help="method (kd): " + ", ".join(sorted(distiller_registry)) + "; a comma-separated list trains "
+                        "one student per method in one process, sharing the teacher's forward pass")
     p.add_argument("--plan", type=str, default=None,
                    help="a file with one line of flags per student (as the lines of scripts/run_cifar_distill.sh), "
                         "appended to this command line's; the students share one process and one teacher pass")
@@ -278,22 +299,52 @@ def student_parser():
                    help="do not fill unset flags from the method's published recipe (helper/recipes.py)")
     p.add_argument("--kd_T", type=float, default=4, help="temperature of the KL term (4)")
     p.add_argument("--feat_dim", type=int, default=128, help="embedding dimension of CRD/CC (128)")
-    p.add_argument("--mode", type=str, default="exact", choices=["exact", "relax"], help="CRD positive mode")
+    p.add_argument("--mode", type=str, default="exact", choices=["exact", "relax"], help="CRD positive mode (exact)")
     p.add_argument("--nce_k", type=int, default=16384, help="CRD negatives per sample (16384)")
     p.add_argument("--nce_t", type=float, default=0.07, help="CRD temperature (0.07)")
     p.add_argument("--nce_m", type=float, default=0.5, help="CRD memory momentum (0.5)")
     p.add_argument("--memory_dtype", type=str, default="float32", choices=list(MEMORY_DTYPES),
                    help="storage of CRD/CRCD memory banks; bfloat16 halves them, scores stay float32 (float32)")
-    p.add_argument("--percent", type=float, default=1.0, help="fraction of each class's negatives CRD draws from")
+    p.add_argument("--percent", type=float, default=1.0, help="fraction of each class's negatives CRD draws from (1.0)")
     p.add_argument("--hint_layer", type=int, default=2, choices=[0, 1, 2, 3, 4], help="FitNet feature index (2)")
     p.add_argument("--init_epochs", type=int, default=30, help="init-stage epochs of abound/factor/fsp (30)")
-    p.add_argument("--model_path", type=str, default="./save/student_model", help="where run folders go")
-    p.add_argument("--tb_path", type=str, default="./save/student_tensorboards", help="TensorBoard logs")
-    p.add_argument("--dry_run", action="store_true", help="build data, models and method, run no step, exit")
+    p.add_argument("--model_path", type=str, default="./save/student_model",
+                   help="where run folders go (./save/student_model)")
+    p.add_argument("--tb_path", type=str, default="./save/student_tensorboards",
+                   help="TensorBoard logs (./save/student_tensorboards)")
+    p.add_argument("--dry_run", action="store_true",
+                   help="build data, models and method, check the run folders, run no step, exit")
+    p.add_argument("--run_name", type=str, default=None,
+                   help="the run folder's name, instead of the one made from the flags that differ (helper/naming.py)")
+    p.add_argument("--tag", type=str, default=None,
+                   help="appended to the run folder's name (_TAG); part of the protocol: tables keep tagged runs apart")
+    p.add_argument("--repdistiller_names", action="store_true",
+                   help="RepDistiller's folder names (S:<s>_T:<t>_<dataset>_<method>_r:<r>_a:<a>_b:<b>_<trial>), "
+                        "for scripts that depend on them; ':' is not valid on Windows and confuses scp")
     add_plugin_args(parser)
     fast.add_fast_args(parser)
     for name in sorted(distiller_registry):
-        distiller_registry[name].add_args(parser.add_argument_group(f"--distill {name}"))
+        if shown_methods is None or name in shown_methods:
+            distiller_registry[name].add_args(parser.add_argument_group(f"--distill {name}"))
+    return parser
+
+
+def help_methods(argv):
+    """For `-h`: the known methods of --distill (kd by default), whose flags the help shows; None without -h."""
+    argv = list(argv or [])
+    if "-h" not in argv and "--help" not in argv:
+        return None
+    probe = argparse.ArgumentParser(add_help=False)
+    probe.add_argument("--distill", default="kd")
+    names = probe.parse_known_args(argv)[0].distill.split(",")
+    return [n.strip() for n in names if n.strip() in distiller_registry]
+
+
+def one_line_errors(parser):
+    """The parser, raising UserError instead of printing its usage and exiting."""
+    def error(message):
+        raise UserError(message)
+    parser.error = error
     return parser
 
 
@@ -303,8 +354,10 @@ def finish_student_options(opt):
     if "," not in opt.distill:
         get_distiller_class(opt.distill)
     for name in opt.model_s.split(","):
-        if name not in model_dict:
-            raise UserError(f"unknown --model_s {name!r}; choose one of: {', '.join(sorted(model_dict))}")
+        check_model_name(name, "--model_s")
+    if opt.model_t is not None:
+        check_model_name(opt.model_t, "--model_t")
+    parse_teacher_input(opt.teacher_input)
     for name in opt.distill.split(","):
         get_distiller_class(name)
     if "," not in opt.model_s:
@@ -317,6 +370,11 @@ def finish_student_options(opt):
         check_finite(opt, flag, 0)
     if opt.init_epochs < 0:
         raise UserError(f"--init_epochs must be >= 0, got {opt.init_epochs}")
+    for flag in ("run_name", "tag"):
+        check_plain_name(opt, flag)
+    if opt.run_name and "," in opt.model_s + opt.distill:
+        raise UserError("--run_name names one run folder, but --model_s/--distill list several students; use --tag, "
+                        "or give each student its own --run_name in a --plan line")
     if not 0 < opt.percent <= 1:
         raise UserError(f"--percent must be in (0, 1], got {opt.percent}")
     if opt.nce_k <= 0:

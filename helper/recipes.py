@@ -192,8 +192,8 @@ def script_lines():
     for method, recipe in RECIPES.items():
         teacher, student = recipe.main_pair
         base = {"distill": method, **recipe_flags(method, teacher, student)}
-        if method == "hkd":
-            lines.append((teacher, "resnet8x4_double", {"distill": "pkt", **_w(1, 1, 30000)}))
+        if method == "hkd":  # its assistant first, named by the trial so HKD finds it whatever the flags
+            lines.append((teacher, "resnet8x4_double", {"distill": "pkt", **_w(1, 1, 30000), "run_name": ASSISTANT_RUN}))
             lines.append(("assistant", student, base))
             continue
         lines.append((teacher, student, base))
@@ -208,21 +208,23 @@ def script_lines():
     return lines
 
 
-ASSISTANT = ("./save/student_model/S:resnet8x4_double_T:resnet32x4_cifar100_pkt_r:1.0_a:1.0_b:30000.0_1/"
-             "resnet8x4_double_best.pth")
+ASSISTANT_RUN = "hkd_assistant_resnet8x4_double_T=resnet32x4_$TRIAL"  # the shell expands $TRIAL
+ASSISTANT = f"./save/student_model/{ASSISTANT_RUN}/resnet8x4_double_best.pth"
 
 
 def single_line(teacher, student, flags):
     path = ASSISTANT if teacher == "assistant" else TEACHER_PATH.format(teacher)
     rest = {k: v for k, v in flags.items() if k != "distill"}
     return (f'python train_student.py --path_t {path} --distill {flags["distill"]} --model_s {student} '
-            f'{line_flags(rest)} --trial 1 "$@"')
+            f'{line_flags(rest)} --trial $TRIAL "$@"')
 
 
 def plan_groups():
     """{plan name: (teacher, [plan lines])}: one group per teacher, in the order the script runs them."""
     groups = {}
     for teacher, student, flags in script_lines():
+        if "run_name" in flags:  # a plan line cannot hold the shell's $TRIAL: a run of its own (render_script)
+            continue
         rest = {k: v for k, v in flags.items() if k != "distill"}
         groups.setdefault(teacher, []).append(f"--distill {flags['distill']} --model_s {student} {line_flags(rest)}")
     return groups
@@ -236,10 +238,15 @@ def render_script():
            "# teacher trains all its students in one pass over the data (scripts/plans/*.txt); GROUP=0: one process",
            "# per student. Teachers: sh scripts/fetch_pretrained_teachers.sh or sh scripts/run_cifar_vanilla.sh.",
            "# Extra flags apply to every run, e.g.  GROUP=0 sh scripts/run_cifar_distill.sh --device cuda:0",
-           "set -e", 'GROUP=${GROUP:-1}', "", 'if [ "$GROUP" = 1 ]; then']
+           "# TRIAL=2 sh scripts/run_cifar_distill.sh: trial 2 (another seed) of every run, HKD's assistant included.",
+           "set -e", 'GROUP=${GROUP:-1}', 'TRIAL=${TRIAL:-1}', "", 'if [ "$GROUP" = 1 ]; then']
+    own_runs = [line for line in script_lines() if "run_name" in line[2]]
     for teacher in plan_groups():
         path = ASSISTANT if teacher == "assistant" else TEACHER_PATH.format(teacher)
-        out.append(f'python train_student.py --path_t {path} --plan scripts/plans/cifar100_{teacher}.txt --trial 1 "$@"')
+        if teacher == "assistant":
+            out += [single_line(*line) for line in own_runs]
+        out.append(f'python train_student.py --path_t {path} --plan scripts/plans/cifar100_{teacher}.txt '
+                   '--trial $TRIAL "$@"')
     out += ["exit 0", "fi", ""]
     for teacher, student, flags in script_lines():
         out.append(single_line(teacher, student, flags))

@@ -9,10 +9,15 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import torch, torchvision, numpy, tqdm, tensorboard, PIL, pytest, matplotlib, submitit" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, torchvision, numpy, tqdm, tensorboard, PIL, pytest, matplotlib, submitit, timm" 2>/dev/null; then
     echo "setup: installing requirements.txt into .venv (torch is large: a few minutes)"
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -r requirements.txt
+fi
+# The repository on the environment's path: `python -m helper.table ...` and `import models` work from any folder.
+SITE=$(.venv/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+if [ "$(cat "$SITE/kd_repository.pth" 2>/dev/null)" != "$PWD" ]; then
+    echo "$PWD" > "$SITE/kd_repository.pth"
 fi
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

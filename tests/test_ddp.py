@@ -175,7 +175,7 @@ def test_only_rank_0_writes_files(runs):
     folder = root / "models" / TEACHER_FOLDER
     assert sorted(os.listdir(folder)) == sorted(["options.json", "log.jsonl", "results.json", "resnet8_best.pth",
                                                  "resnet8_last.pth", "ckpt_epoch_1.pth", "ckpt_epoch_2.pth",
-                                                 "train.log", ".lock"])
+                                                 "train.log"])
     assert len(os.listdir(root / "tb")) == 1
     options = json.load(open(folder / "options.json"))
     assert options["distributed"] is True and options["world_size"] == 2 and options["rank"] == 0
@@ -187,7 +187,7 @@ def test_only_rank_0_writes_files(runs):
     (student_folder,) = (root / "models").iterdir()
     assert sorted(os.listdir(student_folder)) == sorted(["options.json", "log.jsonl", "results.json", "resnet8_init.pth",
                                                          "resnet8_best.pth", "resnet8_last.pth", "ckpt_epoch_1.pth",
-                                                         "train.log", ".lock"])
+                                                         "train.log"])
     assert [(r["kind"], r["step"]) for r in log_records(student_folder)] == [("init", 1), ("epoch", 1)]
 
 

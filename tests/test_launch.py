@@ -9,7 +9,7 @@ import pytest
 from helper.errors import UserError
 from helper.options import explicit_dests, finish_student_options, student_parser
 from helper.session.student import resolve_student_options
-from helper.student.build import student_run_name
+from helper.naming import student_run_name
 from helper.student.plan import plan_runs
 from helper.tools import launch
 from tests.test_reliability import COMMON, needs_fmnist

@@ -10,7 +10,7 @@ LAYERS = [  # lowest first: a module may import its own layer and those below
     ("runs", ("helper.runs",)),
     ("plugins", ("helper.plugins",)),
     ("student", ("helper.student", "helper.recipes")),
-    ("session", ("helper.session", "helper.options")),
+    ("session", ("helper.session", "helper.options", "helper.naming")),
     ("tools", ("helper.tools", "helper.table", "helper.plot", "helper.evaluate", "helper.verify_teacher",
                "helper.launch")),
 ]

@@ -268,15 +268,16 @@ def test_a_finished_run_folder_is_refused_without_resume_or_overwrite(tmp_path, 
     train_student.main(args)
     folder = only_folder(tmp_path)
     before = snapshot(folder)
-    for extra in ([], ["--seed", "9"], ["--learning_rate", "0.01"]):
-        with pytest.raises(UserError) as err:
-            train_student.main(args + extra)
-        assert_one_line(err, "already holds a finished run", "--resume", "--overwrite", "another folder with --trial")
+    with pytest.raises(UserError) as err:
+        train_student.main(args)
+    assert_one_line(err, "already holds a finished run", "--resume", "--overwrite", "name another folder (--tag, --trial)")
     assert snapshot(folder) == before
+    for extra in (["--seed", "9"], ["--learning_rate", "0.01"]):  # another experiment: its own folder, named so
+        train_student.main(args + extra)
+    assert len(list((tmp_path / "student").iterdir())) == 3 and snapshot(folder) == before
     (folder / ".tmp-left-by-a-kill.pth").write_bytes(b"half a checkpoint")
-    train_student.main(args + ["--overwrite", "--seed", "9"])
+    train_student.main(args + ["--overwrite"])
     assert steps(folder) == [1]
-    assert json.load(open(folder / "options.json"))["seed"] == 9
     assert not [f.name for f in folder.iterdir() if f.name.startswith(".tmp-")]
 
 

@@ -39,7 +39,9 @@ def test_kd_student_learns_and_records_every_loss_term(tmp_path, teacher_path):
     state = train_student.main(student_args(tmp_path, teacher_path, "--distill", "kd", "--epochs", "3",
                                             "--subset", "2000", "-r", "0.1", "-a", "0.9", "-b", "0"))
     assert state.best_acc > 25.0  # chance is 10%
-    folder = tmp_path / "student" / "S:resnet8_T:resnet20_fashion_mnist_kd_r:0.1_a:0.9_b:0.0_0"
+    (folder,) = (tmp_path / "student").iterdir()  # named by what differs from KD's recipe and the defaults
+    assert folder.name == ("S=resnet8_T=resnet20_fashion_mnist_kd_r=0.1_a=0.9_b=0_epochs=3_lr_decay_epochs=100_"
+                           "subset=2000_test_subset=500_seed=3_0")
     records = [json.loads(line) for line in open(folder / "log.jsonl")]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert all({"train_loss_cls", "train_loss_div", "test_acc", "best_acc"} <= set(r) for r in records)
@@ -53,15 +55,18 @@ def test_kd_student_learns_and_records_every_loss_term(tmp_path, teacher_path):
 @pytest.mark.parametrize("memory_dtype", ["float32", "bfloat16"])
 def test_crd_resume_restores_the_memory_bank_and_replays_exactly(tmp_path, teacher_path, memory_dtype):
     crd = ["--distill", "crd", "--nce_k", "64", "-r", "1", "-a", "0", "-b", "0.8", "--memory_dtype", memory_dtype]
-    folder_name = "S:resnet8_T:resnet20_fashion_mnist_crd_r:1.0_a:0.0_b:0.8_0"
     train_student.main(student_args(tmp_path / "split", teacher_path, *crd, "--epochs", "1"))
-    first = torch.load(tmp_path / "split" / "student" / folder_name / "resnet8_last.pth", weights_only=True)
+    (split,) = (tmp_path / "split" / "student").iterdir()
+    first = torch.load(split / "resnet8_last.pth", weights_only=True)
     bank = first["distiller"]["criterion.contrast.memory_v1"]
     assert bank.dtype == getattr(torch, memory_dtype)
     train_student.main(student_args(tmp_path / "split", teacher_path, *crd, "--epochs", "2", "--resume"))
     train_student.main(student_args(tmp_path / "whole", teacher_path, *crd, "--epochs", "2"))
-    resumed = torch.load(tmp_path / "split" / "student" / folder_name / "resnet8_last.pth", weights_only=True)
-    whole = torch.load(tmp_path / "whole" / "student" / folder_name / "resnet8_last.pth", weights_only=True)
+    assert [f.name for f in (tmp_path / "split" / "student").iterdir()] == [split.name]  # resumed where it started
+    (whole_folder,) = (tmp_path / "whole" / "student").iterdir()
+    assert whole_folder.name == split.name.replace("epochs=1_", "epochs=2_")
+    resumed = torch.load(split / "resnet8_last.pth", weights_only=True)
+    whole = torch.load(whole_folder / "resnet8_last.pth", weights_only=True)
     assert not torch.equal(bank, resumed["distiller"]["criterion.contrast.memory_v1"]), "bank kept updating"
     for key, value in whole["distiller"].items():
         torch.testing.assert_close(resumed["distiller"][key], value, msg=key)
@@ -96,6 +101,7 @@ def script_commands(name):
     """The train_student.py command lines of a script, with line continuations joined."""
     text = open(os.path.join(ROOT, "scripts", name)).read().replace("\\\n", " ")
     variables = dict(line.split("=", 1) for line in text.splitlines() if re.match(r"^[A-Z_]+=", line))
+    variables = {k: re.sub(r"^\$\{\w+:-(.*)\}$", r"\1", v) for k, v in variables.items()}  # ${TRIAL:-1}: 1
     commands = []
     for line in text.splitlines():
         if line.startswith("python train_student.py"):
@@ -124,11 +130,16 @@ def test_every_single_distill_line_parses_and_is_a_line_of_its_teachers_plan():
     """GROUP=0's one-student lines are the plan files' lines (which the group test below builds), line for line."""
     plans = {args[args.index("--path_t") + 1]: {tuple(tokens) for _, tokens in read_plan(args[args.index("--plan") + 1])}
              for args in GROUP_LINES}
-    singles = [args for args in SCRIPT_LINES if "--plan" not in args]
+    singles = [args for args in SCRIPT_LINES if "--plan" not in args and "--run_name" not in args]
     assert len(singles) == sum(len(lines) for lines in plans.values())
+    own = [args for args in SCRIPT_LINES if "--run_name" in args]  # HKD's assistant: a run of its own in both modes
+    assert len(own) == 2 and own[0] == own[1] and own[0][own[0].index("--trial") + 1] == "1"
+    hkd = next(args for args in singles if "hkd" in args)
+    assert hkd[hkd.index("--path_t") + 1].split("/")[-2] == own[0][own[0].index("--run_name") + 1]
     for args in singles:
         teacher = args[args.index("--path_t") + 1]
         assert flag_tokens(args) in plans[teacher], args
+    for args in singles + own:
         train_student.parse_option(args + ["--device", "cpu"])
 
 
@@ -182,14 +193,15 @@ def test_headline_method_runs_end_to_end_and_resumes_exactly(tmp_path, teacher_p
     train_student.main(student_args(tmp_path / "split", teacher_path, *args, "--epochs", "1"))
     train_student.main(student_args(tmp_path / "split", teacher_path, *args, "--epochs", "2", "--resume"))
     train_student.main(student_args(tmp_path / "whole", teacher_path, *args, "--epochs", "2"))
-    (folder,) = os.listdir(tmp_path / "split" / "student")
-    resumed = torch.load(tmp_path / "split" / "student" / folder / "resnet8_last.pth", weights_only=True)
-    whole = torch.load(tmp_path / "whole" / "student" / folder / "resnet8_last.pth", weights_only=True)
+    (split,) = (tmp_path / "split" / "student").iterdir()  # the resume continued in the folder of --epochs 1
+    (whole_folder,) = (tmp_path / "whole" / "student").iterdir()
+    resumed = torch.load(split / "resnet8_last.pth", weights_only=True)
+    whole = torch.load(whole_folder / "resnet8_last.pth", weights_only=True)
     for part in ("model", "distiller") + (("temperature",) if "ctkd" in name else ()):
         assert whole[part] or name not in ("crcd", "semckd"), part  # only these have modules of their own
         for key, value in whole[part].items():
             torch.testing.assert_close(resumed[part][key], value, msg=f"{part}.{key}")
-    records = [json.loads(line) for line in open(tmp_path / "split" / "student" / folder / "log.jsonl")]
+    records = [json.loads(line) for line in open(split / "log.jsonl")]
     assert [r["step"] for r in records] == [1, 2]
     assert all(torch.isfinite(torch.tensor(r["train_loss"])) for r in records)
     if "ctkd" in name:

@@ -60,11 +60,11 @@ def add_fast_args(parser):
                         "steps are slow while kernels compile")
     p.add_argument("--cuda_graphs", action="store_true",
                    help="with --compile semantics, replay each step as CUDA graphs (torch.compile mode "
-                        "reduce-overhead); CUDA only, ignored with a log line elsewhere")
+                        "reduce-overhead); CUDA only: refused on another device")
     p.add_argument("--cpu_malloc", type=str, default="tuned", choices=("tuned", "system"),
                    help="tuned: on a CPU run (Linux, glibc), keep freed memory in the process so each step's "
                         "activations reuse their pages instead of faulting in new ones (fewer page faults, "
-                        "10-20%% faster steps, same numbers); system: glibc's defaults (tuned)")
+                        "13-19%% faster epochs in benchmarks/RESULTS.md, same numbers); system: glibc's defaults (tuned)")
     return p
 
 

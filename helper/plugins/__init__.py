@@ -30,6 +30,7 @@ class Plugin:
     kind: ClassVar[str] = ""
     checkpoint_key: ClassVar[str] = ""  # key of this plug-in's state in checkpoints (default: "plugin_<name>")
     switch: ClassVar[str] = ""          # the flag that turns it on, for messages ("--have_mlp 1")
+    tag_flags: ClassVar[frozenset] = frozenset()  # flags its `tag` spells in run folder names (not repeated)
 
     def __init__(self, opt, probe):
         self.opt = opt

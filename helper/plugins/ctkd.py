@@ -146,6 +146,7 @@ class CTKDTemperature(Plugin):
     kind = "temperature"
     checkpoint_key = "temperature"
     switch = "--have_mlp 1"
+    tag_flags = frozenset({"have_mlp", "mlp_name"})
 
     def __init__(self, opt, probe):
         super().__init__(opt, probe)

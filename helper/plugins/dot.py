@@ -112,6 +112,7 @@ class DistillationOriented(Plugin):
     """Two momenta: one per kind of loss term."""
     kind = "optimizer"
     switch = "--dot"
+    tag_flags = frozenset({"dot"})
 
     @classmethod
     def add_args(cls, parser):

@@ -15,6 +15,7 @@ class LogitStandardisation(Plugin):
     """Appends `distiller_zoo.KD.normalize` to each step's logit transforms."""
     kind = "logit_transform"
     switch = "--logit_stand"
+    tag_flags = frozenset({"logit_stand"})
 
     @classmethod
     def add_args(cls, parser):

@@ -60,6 +60,7 @@ class MimicSchedule(Plugin):
     functions of (iteration, total iterations) with iteration = (epoch - 1) * iterations per epoch + index."""
     kind = "weights"
     switch = "--mimic_schedule"
+    tag_flags = frozenset({"mimic_schedule"})
 
     @classmethod
     def add_args(cls, parser):

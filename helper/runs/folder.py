@@ -86,19 +86,25 @@ class RunFolder:
         self.created = []  # the folders this claim made (removed again when the run is refused before it starts)
 
     def acquire(self):
-        """Create the folder and take its lock; a held lock is a one-line UserError naming the holder's PID."""
+        """Create the folder and take its lock; a held lock is a one-line UserError naming the holder's PID. The lock
+        file is removed when the run ends (release), so a lock taken on a file another run just removed is taken
+        again on the file now at the path."""
         self.make(self.path, "run folder", "--model_path")
         self.check_files()
         lock_path = os.path.join(self.path, LOCK_NAME)
-        handle = open(lock_path, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            handle.close()
-            raise UserError(f"run folder {self.path} is in use by another run (PID {holder}); wait for it to end, "
-                            "or pick another folder with --trial") from None
+        while True:
+            handle = open(lock_path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "unknown"
+                handle.close()
+                raise UserError(f"run folder {self.path} is in use by another run (PID {holder}); wait for it to "
+                                "end, or name another folder (--tag, --trial)") from None
+            if os.path.exists(lock_path) and os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+            handle.close()  # the file was removed by the run that held it: lock the one at the path now
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -129,17 +135,19 @@ class RunFolder:
         make_folder(path, what, flag)
 
     def release(self, started=True):
-        """Unlock; for a run that never started (refused after the claim), remove the folders the claim made."""
+        """Remove the lock file and unlock; for a run that never started (refused after the claim), also remove the
+        folders the claim made when they hold nothing else."""
         if self._lock is not None:
+            lock_path = os.path.join(self.path, LOCK_NAME)
+            if os.path.exists(lock_path) and os.stat(lock_path).st_ino == os.fstat(self._lock.fileno()).st_ino:
+                os.remove(lock_path)  # still locked: a run that opened it meanwhile retries on a new file
             fcntl.flock(self._lock, fcntl.LOCK_UN)
             self._lock.close()
             self._lock = None
         if started:
             return
         for path in reversed(self.created):
-            if os.path.isdir(path) and set(os.listdir(path)) <= {LOCK_NAME}:
-                if os.path.exists(os.path.join(path, LOCK_NAME)):
-                    os.remove(os.path.join(path, LOCK_NAME))
+            if os.path.isdir(path) and not os.listdir(path):
                 os.rmdir(path)
 
     def previous_run(self):
@@ -151,14 +159,18 @@ class RunFolder:
                 return "partial"
         return None
 
+    def check_free(self, resume, overwrite):
+        """Refuse to start over an earlier run unless resume/overwrite (writes nothing: --dry_run calls it)."""
+        previous = self.previous_run()
+        if previous is not None and not resume and not overwrite:
+            raise UserError(f"run folder {self.path} already holds a {previous} run; pass --resume to continue it, "
+                            "--overwrite to delete it and start over, or name another folder (--tag, --trial)")
+        return previous
+
     def check_start(self, resume, overwrite):
         """Refuse to start over an earlier run unless resume/overwrite; with overwrite, delete its files."""
-        previous = self.previous_run()
-        if previous is None or resume:
+        if self.check_free(resume, overwrite) is None or resume:
             return
-        if not overwrite:
-            raise UserError(f"run folder {self.path} already holds a {previous} run; pass --resume to continue it, "
-                            "--overwrite to delete it and start over, or pick another folder with --trial")
         for pattern in RUN_FILES:
             for path in glob.glob(os.path.join(self.path, pattern)):
                 os.remove(path)

@@ -145,6 +145,10 @@ def resume_checkpoint(opt, folder, arch, script, model, optimizer, scaler=None, 
         return None
     ckpt = read_resume_checkpoint(path, folder, arch, opt, script, check)
     restore_state(ckpt, path, model, optimizer, scaler, restore_extra)
+    started = ckpt.get("opt", {}).get("epochs")
+    if is_integer(started) and started != opt.epochs:
+        log.info("--resume: --epochs %d, where the run was started with --epochs %d: it now trains to epoch %d",
+                 opt.epochs, started, opt.epochs)
     return ckpt
 
 

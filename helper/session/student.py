@@ -6,6 +6,7 @@ import logging
 from helper.engine import distributed, fast
 from helper.errors import UserError
 from helper.recipes import apply_recipe
+from helper.runs.folder import RunFolder
 from helper.runs.protocol import run_protocol
 from helper.runs.resume import resume_checkpoint
 from helper.session import Plan, Stream, describe_data
@@ -17,7 +18,7 @@ from helper.student.build import (
     student_trainee,
     with_teacher_accuracy,
 )
-from helper.student.plan import check_distinct_folders
+from helper.naming import check_distinct_folders, check_new_protocol_seed, student_folders
 from helper.util import RunLog
 
 log = logging.getLogger("kd")
@@ -80,15 +81,19 @@ def student_plan(runs):
     describe_data(shared_opt, shared.data)
     for run in runs:
         resolve_student_options(run, shared.teacher_arch)
-    check_distinct_folders(runs, shared.teacher_arch)
-    students = [build_student(run.opt, shared, run.label) for run in runs]
+    folders = [student_folders(run.opt, shared.teacher_arch) for run in runs]
+    check_distinct_folders(runs, [f[0] for f in folders])
+    check_new_protocol_seed(runs, [f[0] for f in folders], shared.teacher_sha256)
+    students = [build_student(run.opt, shared, run.label, f) for run, f in zip(runs, folders)]
     for s in students:
         describe_student(s)
     fast.prepare_models(shared_opt, None, shared.teacher)
     log.info(fast.describe(shared_opt))
     if shared_opt.dry_run:
-        log.info("dry run: %s -> %s built; no step run", shared.teacher_arch,
-                 ", ".join(f"{s.opt.model_s} ({s.opt.distill})" for s in students))
+        for s in students:
+            RunFolder(s.folder).check_free(s.opt.resume, s.opt.overwrite)
+        log.info("dry run: %s -> %s built; run folders free; no step run", shared.teacher_arch,
+                 ", ".join(f"{s.opt.model_s} ({s.opt.distill}): {s.folder}" for s in students))
         return None
     shared = with_teacher_accuracy(shared, shared_opt)
     stream = Stream(loader=shared.data.train_loader, sampler=shared.data.train_sampler, device=shared_opt.device,

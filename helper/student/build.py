@@ -5,7 +5,6 @@ session (helper.session) gives the trainees a record of their run folder, tests 
 """
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,9 +18,9 @@ from helper.engine.step import DistillStep, InitStep, LossStep
 from helper.engine.trainee import InitTrainee, Trainee, count_samples
 from helper.engine.weights import TermWeights, constant_weights
 from helper.errors import UserError
-from helper.plugins import build_plugins, check_plugins, enabled_plugins
+from helper.plugins import build_plugins, check_plugins
 from helper.runs.files import file_sha256
-from helper.student.teacher import check_input_size, load_teacher
+from helper.student.teacher import check_input_size, dataset_input, load_teacher
 from helper.util import set_seed
 from models import build_model
 
@@ -44,8 +43,9 @@ def build_shared(opt, methods):
     data = build_loaders(opt, with_index=any(n.index or n.contrast_index for n in needs),
                          strong_view=any(n.strong_view for n in needs))
     check_full_batches(opt, data, methods)
-    teacher, arch = load_teacher(opt.path_t, data.num_classes, opt.device)
-    check_input_size(arch, data)
+    teacher, arch = load_teacher(opt.path_t, data.num_classes, opt.device, model_t=getattr(opt, "model_t", None),
+                                 data_input=dataset_input(opt.dataset, data.input_size),
+                                 setting=getattr(opt, "teacher_input", "auto"))
     return Shared(data=data, teacher=teacher, teacher_arch=arch, teacher_sha256=file_sha256(opt.path_t))
 
 
@@ -89,15 +89,6 @@ class Student:
     scaler: Optional[object] = None
 
 
-def student_run_name(opt, teacher_arch):
-    """RepDistiller's student folder name, with the tags of the plug-ins and method variants in use before the
-    trial (e.g. `..._b:0.0_ctkd:global_1`), so that variants of one method never share a folder."""
-    tags = [cls.tag(opt) for cls in enabled_plugins(opt)] + [get_distiller_class(opt.distill).run_tag(opt)]
-    tags = "".join(f"{t}_" for t in tags if t)
-    return (f"S:{opt.model_s}_T:{teacher_arch}_{opt.dataset}_{opt.distill}_"
-            f"r:{opt.gamma}_a:{opt.alpha}_b:{opt.beta}_{tags}{opt.trial}")
-
-
 def build_optimizer(param_groups, opt, plugins):
     """The student's SGD (RepDistiller's), or the optimizer of an optimizer plug-in (DOT)."""
     for plugin in plugins:
@@ -107,12 +98,13 @@ def build_optimizer(param_groups, opt, plugins):
     return torch.optim.SGD(param_groups, lr=opt.learning_rate, momentum=opt.momentum, weight_decay=opt.weight_decay)
 
 
-def build_student(opt, shared, label=""):
+def build_student(opt, shared, label="", folders=("", "")):
     """Network, method, plug-ins, weights and optimizer of one student, seeded by opt.seed alone (so a student is
-    built the same whether it runs alone or in a group); writes nothing."""
+    built the same whether it runs alone or in a group); writes nothing. `folders`: (run folder, TensorBoard folder)
+    (helper.naming), empty in memory."""
     data, teacher = shared.data, shared.teacher
     method = get_distiller_class(opt.distill)
-    check_input_size(opt.model_s, data)
+    check_input_size(opt.model_s, data, "--model_s")
     check_plugins(opt, method)
     set_seed(opt.seed)
     student = build_model(opt.model_s, data.num_classes).to(opt.device)
@@ -126,10 +118,8 @@ def build_student(opt, shared, label=""):
     param_groups += [{"params": list(m.parameters())} for m in plugin_modules]  # CTKD: the student's SGD and lr
     optimizer = build_optimizer(param_groups, opt, plugins)
     fast.prepare_models(opt, student, None, extra=[distiller])
-    name = student_run_name(opt, shared.teacher_arch)
     return Student(opt=opt, label=label, student=student, distiller=distiller, plugins=plugins, weights=weights,
-                   optimizer=optimizer, folder=os.path.join(opt.model_path, name),
-                   tb_folder=os.path.join(opt.tb_path, name), scaler=fast.grad_scaler(opt))
+                   optimizer=optimizer, folder=folders[0], tb_folder=folders[1], scaler=fast.grad_scaler(opt))
 
 
 def student_trainee(s, shared, record=None, val_loader=None, keep_history=False):
@@ -199,5 +189,8 @@ class _InitOptions:
 def with_teacher_accuracy(shared, opt):
     """`shared` with the teacher's test accuracy (logged once per process; recorded in the students' checkpoints)."""
     acc, _, _ = validate(shared.data.val_loader, shared.teacher, torch.nn.CrossEntropyLoss(), opt)
-    log.info("teacher %s accuracy: %.2f (%s)", shared.teacher_arch, acc, opt.path_t)
+    images = shared.data.n_val
+    scope = (f"on a class-balanced {images} of the test images (--test_subset)" if opt.test_subset
+             else f"on the {images} test images")
+    log.info("teacher %s accuracy: %.2f %s (%s)", shared.teacher_arch, acc, scope, opt.path_t)
     return dataclasses.replace(shared, teacher_acc=acc)

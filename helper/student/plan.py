@@ -12,8 +12,8 @@ import os
 import shlex
 from dataclasses import dataclass
 
+from distiller_zoo import get_distiller_class
 from helper.errors import UserError
-from helper.student.build import student_run_name
 
 log = logging.getLogger("kd")
 
@@ -69,8 +69,10 @@ def plan_line_text(path, number, raw):
                         "flags per student") from None
 
 
-def plan_runs(argv, parse, explicit_dests):
-    """The students of a command line: [PlannedRun]. parse(argv) -> options; explicit_dests(argv) -> set."""
+def plan_runs(argv, parse, explicit_dests, parse_line=None):
+    """The students of a command line: [PlannedRun]. parse(argv) -> options; explicit_dests(argv) -> set;
+    parse_line(argv): parse for a plan line's arguments, raising UserError rather than printing the usage (its
+    message then names the line)."""
     argv = list(argv or [])
     base = parse(argv)
     variants = []
@@ -89,12 +91,24 @@ def plan_runs(argv, parse, explicit_dests):
             for model_s in students:
                 for method in methods:
                     variants.append((f"--distill {method} --model_s {model_s}", ["--distill", method, "--model_s", model_s]))
-    runs = [PlannedRun(parse_variant(parse, argv + tokens, source), frozenset(explicit_dests(argv + tokens)), source,
+    runs = [PlannedRun(parse_variant(parse_line or parse, argv + tokens, source), frozenset(explicit_dests(argv + tokens)), source,
                        tokens=tuple(tokens)) for source, tokens in variants]
     if len(runs) > 1:
         label_runs(runs)
     check_shared(runs)
+    check_beta_has_terms(runs)
     return runs
+
+
+def check_beta_has_terms(runs):
+    """-b for a method with no term of its own (KD), given for that student alone (a single run, or on its plan
+    line), weights nothing: one line. A -b shared by the students of `--distill kd,crd` is for the others."""
+    for run in runs:
+        own = len(runs) == 1 or any(t in ("-b", "--beta") or t.startswith("--beta=") for t in run.tokens)
+        if own and run.opt.beta and not get_distiller_class(run.opt.distill).has_terms:
+            where = "" if len(runs) == 1 else f"{run.source}: "
+            raise UserError(f"{where}--distill {run.opt.distill} has no loss term of its own: -b {run.opt.beta:g} "
+                            "would weight nothing; drop -b (its distillation weight is -a)")
 
 
 def parse_variant(parse, args, source):
@@ -123,13 +137,3 @@ def check_shared(runs):
             if a != b:
                 raise UserError(f"{first.source} and {run.source} differ in --{flag} ({a} vs {b}); the students of "
                                 "one process share it: run them in separate processes")
-
-
-def check_distinct_folders(runs, teacher_arch):
-    seen = {}
-    for run in runs:
-        name = student_run_name(run.opt, teacher_arch)
-        if name in seen:
-            raise UserError(f"{seen[name].source} and {run.source} would write to the same run folder {name}; give "
-                            "one of them another --trial")
-        seen[name] = run

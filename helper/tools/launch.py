@@ -27,12 +27,12 @@ import sys
 import time
 
 from helper.errors import Preempted, UserError
-from helper.options import explicit_dests, finish_student_options, student_parser
-from helper.runs.files import load_checkpoint, write_text_atomic
+from helper.options import explicit_dests, finish_student_options, one_line_errors, student_parser
+from helper.naming import check_distinct_folders, check_new_protocol_seed, student_folders
+from helper.runs.files import file_sha256, load_checkpoint, write_text_atomic
 from helper.runs.protocol import git_commit
 from helper.runs.records import DamagedFile, read_json, read_log, read_results
 from helper.session.student import resolve_student_options
-from helper.student.build import student_run_name
 from helper.student.plan import plan_runs
 from helper.student.teacher import teacher_arch
 
@@ -64,14 +64,6 @@ def launch_parser():
     p.add_argument("--signal_delay_s", type=int, default=120,
                    help="SIGUSR2 this many seconds before the time limit: time to finish a step and checkpoint (120)")
     return p
-
-
-def one_line_errors(parser):
-    """The parser, raising UserError instead of printing its usage and exiting."""
-    def error(message):
-        raise UserError(message)
-    parser.error = error
-    return parser
 
 
 # ---- expanding the request into jobs -------------------------------------------------------------------------------
@@ -120,9 +112,13 @@ def expand(student_argv, trials, group_size, folder):
         runs = plan_runs(with_trial, lambda args: finish_student_options(parser.parse_args(args)),
                          lambda args: explicit_dests(parser, args))
         if arch is None:  # every trial has the same --path_t: read the teacher file once
-            arch = teacher_arch(load_checkpoint(runs[0].opt.path_t), runs[0].opt.path_t)
+            arch = teacher_arch(load_checkpoint(runs[0].opt.path_t), runs[0].opt.path_t, runs[0].opt.model_t)
+            sha256 = file_sha256(runs[0].opt.path_t)
         for run in runs:
             resolve_student_options(run, arch)
+        folders = [student_folders(r.opt, arch)[0] for r in runs]
+        check_distinct_folders(runs, folders)
+        check_new_protocol_seed(runs, folders, sha256)
         for start in range(0, len(runs), group_size):
             chunk = runs[start:start + group_size]
             name = f"trial{trial}-{start // group_size}"
@@ -132,7 +128,7 @@ def expand(student_argv, trials, group_size, folder):
             else:
                 job_argv += ["--plan", os.path.join(os.path.abspath(folder), "plans", f"{name}.txt")]
             jobs.append({"name": name, "argv": job_argv, "lines": [list(r.tokens) for r in chunk],
-                         "folders": [os.path.join(r.opt.model_path, student_run_name(r.opt, arch)) for r in chunk],
+                         "folders": folders[start:start + group_size],
                          "labels": [f"{r.opt.distill}>{r.opt.model_s}" for r in chunk], "submissions": []})
     return jobs
 
