@@ -52,9 +52,12 @@ def ensure_cifar100(data_root, download=True):
     if not download:
         raise UserError(f'CIFAR-100 not found in {folder}; download {CIFAR100_URL} into {data_root} '
                         'or pass --data_root')
+    made = not os.path.exists(data_root)
     try:
         download_and_extract_archive(CIFAR100_URL, download_root=data_root, md5=CIFAR100_MD5)
     except (OSError, RuntimeError) as error:
+        if made and os.path.isdir(data_root) and not os.listdir(data_root):
+            os.rmdir(data_root)  # a failed download leaves no empty folder behind
         reason = ' '.join(str(error).split()) or type(error).__name__
         raise UserError(f'CIFAR-100 not found in {folder} and download from {CIFAR100_URL} failed '
                         f'({reason}); download it by hand or pass --data_root') from error

@@ -7,7 +7,9 @@ import sys
 import pytest
 
 import train_student
+from dataset import cifar100
 from helper.errors import UserError
+from helper.tools import evaluate
 from helper.options import student_parser, teacher_parser
 from helper.runs.folder import RunFolder
 
@@ -40,6 +42,20 @@ def test_a_run_ends_without_lock_and_its_log_says_what_the_teacher_was_tested_on
     assert ".lock" not in os.listdir(folder)
     log = (folder / "train.log").read_text()
     assert "accuracy" in log and "on a class-balanced 50 of the test images (--test_subset)" in log
+    with pytest.raises(UserError, match="--dataset cifar100, but .* was trained on fashion_mnist; drop --dataset"):
+        evaluate.main([str(folder / "resnet8_best.pth"), "--dataset", "cifar100", "--data_root",
+                       str(tmp_path / "nothing")])
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_a_failed_cifar100_download_leaves_no_folder(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        os.makedirs(kwargs["download_root"], exist_ok=True)  # torchvision makes the folder before it fails
+        raise OSError("network unreachable")
+    monkeypatch.setattr(cifar100, "download_and_extract_archive", offline)
+    with pytest.raises(UserError, match="CIFAR-100 not found .* download .* failed"):
+        cifar100.ensure_cifar100(str(tmp_path / "data"))
+    assert not (tmp_path / "data").exists()
 
 
 @needs_data

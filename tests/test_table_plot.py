@@ -1,11 +1,13 @@
 """The results table (helper.table) and the curve plots (helper.plot), from run folders written as helper.runs
 writes them (results.json with the protocol of helper.runs.protocol, log.jsonl through helper.runs.logger.RunLogger,
 options.json), plus one real CTKD run on Fashion-MNIST: cells are the mean and sample std computed here, two
-protocols are never merged, failed and unfinished runs are listed and never averaged, and the plot is a PNG."""
+protocols are never merged, failed and unfinished runs are listed and never averaged, and the plot is a PNG.
+tests/test_table_paper.py covers labels, --select, the formats and the plot's protocol curves."""
 import csv
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 
@@ -16,12 +18,12 @@ import torch
 
 import train_student
 import train_teacher
-from helper.runs import curves
-from helper.tools import plot, table
 from helper.errors import UserError
+from helper.recipes import apply_recipe
+from helper.runs import curves
 from helper.runs.logger import RunLogger
 from helper.runs.protocol import experiment_flags
-from helper.recipes import apply_recipe
+from helper.tools import plot, table
 from models import build_model, model_dict
 from tests.student_utils import parse
 
@@ -89,24 +91,27 @@ def sample_std(values):
     return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def expected_cell(acc_lists):
-    """`last mean ± std / best mean ± std (n=N)` over runs given by their per-epoch accuracies."""
-    last, best = [a[-1] for a in acc_lists], [max(a) for a in acc_lists]
-    std = (lambda v: f"{sample_std(v):.2f}") if len(acc_lists) > 1 else (lambda v: "-")
-    return (f"{sum(last) / len(last):.2f} ± {std(last)} / {sum(best) / len(best):.2f} ± {std(best)} "
-            f"(n={len(acc_lists)})")
+def expected_cell(acc_lists, select="last"):
+    """`mean ± std (n=N)` of the last-epoch (select="best": best-epoch) top-1 over runs given by their per-epoch
+    accuracies; `median (n=N)` of the last-epoch top-1 for select="median"."""
+    values = [max(a) if select == "best" else a[-1] for a in acc_lists]
+    if select == "median":
+        return f"{statistics.median(values):.2f} (n={len(values)})"
+    std = f"{sample_std(values):.2f}" if len(values) > 1 else "-"
+    return f"{sum(values) / len(values):.2f} ± {std} (n={len(values)})"
 
 
-def student_cells(text, dataset):
-    """{(row, column): cell} of the Markdown student table of `dataset`."""
+def student_cells(text, dataset, bold=False):
+    """{(row, column): cell} of the Markdown student table of `dataset` (the bold marks kept when `bold`)."""
     lines = text.splitlines()
-    start = lines.index(f"## Students on {dataset}") + 2
+    start = next(i for i in range(lines.index(f"## Students on {dataset}"), len(lines))
+                 if lines[i].startswith("|"))
     header = [c.strip() for c in lines[start].strip("|").split("|")]
     cells = {}
     for line in lines[start + 2:]:
         if not line.startswith("|"):
             break
-        values = [c.strip() for c in line.strip("|").split("|")]
+        values = [c.strip() if bold else c.strip().replace("**", "") for c in line.strip("|").split("|")]
         cells.update({(values[0], column): value for column, value in zip(header[1:], values[1:]) if value})
     return cells
 
@@ -127,7 +132,8 @@ def test_cells_are_mean_and_sample_std_of_last_and_best_top1(tmp_path):
     cells = student_cells(text, "cifar100")
     assert cells == {("resnet32x4 -> resnet8x4", "kd"): expected_cell(KD_RUNS),
                      ("resnet32x4 -> resnet8x4", "crd"): expected_cell(crd_runs)}
-    assert expected_cell(KD_RUNS) == "74.07 ± 0.45 / 74.27 ± 0.65 (n=3)"  # population std: 0.37 / 0.53
+    assert expected_cell(KD_RUNS) == "74.07 ± 0.45 (n=3)"  # population std: 0.37
+    assert expected_cell(KD_RUNS, "best") == "74.27 ± 0.65 (n=3)"  # population std: 0.53
     assert "mean ± sample std (n-1; '-' for one run)" in text
     row = next(r for r in rows if r["label"] == "kd")
     last, best = [a[-1] for a in KD_RUNS], [max(a) for a in KD_RUNS]
@@ -155,9 +161,9 @@ def test_protocols_that_differ_are_never_merged(tmp_path):
     text, rows = table.build([str(root)])
     cells = student_cells(text, "cifar100")
     pair = "resnet32x4 -> resnet8x4"
-    assert cells == {(pair, "kd (--kd_T 4 teacher aaaaaaaa)"): expected_cell(t4),
-                     (pair, "kd (--kd_T 2 teacher aaaaaaaa)"): expected_cell(t2),
-                     (pair, "kd (--kd_T 4 teacher bbbbbbbb)"): expected_cell(other_teacher),
+    assert cells == {(pair, "kd (teacher aaaaaaaa)"): expected_cell(t4),  # the recipe's --kd_T 4: not named
+                     (pair, "kd (--kd_T 2)"): expected_cell(t2),
+                     (pair, "kd (teacher bbbbbbbb)"): expected_cell(other_teacher),
                      (pair, "kd+ctkd:global"): expected_cell(ctkd)}
     assert student_cells(text, "fashion_mnist") == {(pair, "kd"): expected_cell(fmnist)}
     assert sorted(r["n"] for r in rows) == [1, 1, 1, 2, 2]
@@ -195,7 +201,7 @@ def test_folders_older_than_the_protocol_group_by_options_json(tmp_path):
     write_run(str(root / "old_T2"), student_flags("resnet32x4", "resnet8x4", "--distill", "kd", "--kd_T", "2"),
               other[0], teacher_sha=SHA_A, protocol=False)
     cells = student_cells(table.build([str(root)])[0], "cifar100")
-    assert cells == {("resnet32x4 -> resnet8x4", "kd (--kd_T 4)"): expected_cell(old),
+    assert cells == {("resnet32x4 -> resnet8x4", "kd"): expected_cell(old),
                      ("resnet32x4 -> resnet8x4", "kd (--kd_T 2)"): expected_cell(other)}
 
 
@@ -213,12 +219,12 @@ def test_teacher_table_and_published_numbers(tmp_path):
     write_runs(students, "ctkd", student_flags("resnet56", "resnet20", "--distill", "kd", "--have_mlp", "1"),
                [[70.0, 71.0]])
     write_runs(students, "kd_ls", student_flags(*pair, "--distill", "kd", "--logit_stand"), [[76.0, 76.2]])
-    table.main([str(students), str(models), "--paper"])
+    table.main([str(students), str(models), "--paper", "--csv", str(tmp_path / "out" / "table.csv")])
     text = table.build([str(students), str(models)], with_paper=True)[0]
     cells = student_cells(text, "cifar100")
     row = "resnet32x4 -> resnet8x4"
     assert cells[(row, "kd")] == expected_cell(KD_RUNS) + " · paper 73.33"
-    assert cells[(row, "crd")] == expected_cell([[75.0, 75.5]]) + " · paper (crd+kd) 75.46?"  # second-hand number
+    assert cells[(row, "crd (-a 1)")] == expected_cell([[75.0, 75.5]]) + " · paper (crd+kd) 75.46?"  # second-hand
     assert cells[(row, "dkd")] == expected_cell([[76.0, 76.1]]) + " · paper 76.32"
     ctkd = cells[("resnet56 -> resnet20", "kd+ctkd:global")]
     assert ctkd == expected_cell([[70.0, 71.0]]) + " · paper (kd+ctkd) 71.19"
@@ -227,11 +233,11 @@ def test_teacher_table_and_published_numbers(tmp_path):
     assert f"| resnet8x4 | cifar100 | 0.05 | 0.0005 | 240 | {expected_cell([[71.0, 72.0]])} | 72.50 |" in text
     assert f"| resnet8x4 | fashion_mnist | 0.05 | 0.0005 | 240 | {expected_cell([[90.0]])} |  |" in text
     assert "RepDistiller README" in text and "mdistiller README" in text
-    rows = read_csv(students / "table.csv")  # main() wrote it next to the first folder
+    assert not (students / "table.csv").exists() and not (models / "table.csv").exists()  # nothing in run folders
+    rows = read_csv(tmp_path / "out" / "table.csv")
     by_label = {(r["kind"], r["model"], r["label"], r["dataset"]): r for r in rows}
-    assert by_label[("student", "resnet8x4", "crd", "cifar100")]["paper"] == "75.46"
-    assert by_label[("student", "resnet8x4", "crd", "cifar100")]["paper_method"] == "crd+kd"
-    assert by_label[("student", "resnet8x4", "crd", "cifar100")]["paper_verified"] == "false"
+    crd = by_label[("student", "resnet8x4", "crd (-a 1)", "cifar100")]
+    assert (crd["paper"], crd["paper_method"], crd["paper_verified"]) == ("75.46", "crd+kd", "false")
     assert by_label[("teacher", "resnet32x4", "resnet32x4", "cifar100")]["n"] == "3"
     assert by_label[("teacher", "resnet32x4", "resnet32x4", "cifar100")]["paper"] == "79.42"
     assert "paper" not in table.build([str(students)])[0]  # only with --paper
@@ -284,8 +290,7 @@ def test_a_real_run_in_the_table(ctkd_run):
     with open(ctkd_run / "results.json") as f:
         results = json.load(f)
     cells = student_cells(table.build([str(ctkd_run.parent)])[0], "fashion_mnist")
-    assert cells == {("resnet8 -> resnet8", "kd+ctkd:global"):
-                     f"{results['last_acc']:.2f} ± - / {results['best_acc']:.2f} ± - (n=1)"}
+    assert cells == {("resnet8 -> resnet8", "kd+ctkd:global"): f"{results['last_acc']:.2f} ± - (n=1)"}
 
 
 def test_plot_writes_a_png_with_every_panel(ctkd_run, tmp_path):

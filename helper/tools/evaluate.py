@@ -144,10 +144,14 @@ def resolve_arch(ckpt, path, flag, flag_name="--arch"):
     return Fact(from_folder, f"assumed from the folder name {os.path.basename(os.path.dirname(os.path.abspath(path)))}")
 
 
-def resolve_dataset(ckpt, flag):
-    if flag is not None:
-        return Fact(flag, "--dataset")
+def resolve_dataset(ckpt, flag, path):
+    """--dataset, else the checkpoint's; a --dataset other than the one the checkpoint records is refused."""
     saved = recorded(ckpt, "dataset")
+    if flag is not None:
+        if saved is not None and flag != saved:
+            raise UserError(f"--dataset {flag}, but {path} was trained on {saved}; drop --dataset (or pass "
+                            f"--dataset {saved})")
+        return Fact(flag, "--dataset")
     if saved is not None:
         return Fact(saved, "checkpoint")
     return Fact(DEFAULT_DATASET, "assumed: not in the checkpoint")
@@ -316,7 +320,7 @@ def evaluate(args):
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
     arch = resolve_arch(ckpt, path, *arch_flag(args))
-    dataset = resolve_dataset(ckpt, args.dataset)
+    dataset = resolve_dataset(ckpt, args.dataset, path)
     classes = resolve_classes(ckpt, state_dict, arch.value, args.num_classes, path)
     use_head = recorded(ckpt, "eval_head") is not None and not args.no_head
     device = resolve_device(args.device)
