@@ -30,5 +30,5 @@ $PY train_student.py "${COMMON[@]}" "${STUDENT_DATA[@]}" --path_t "$TEACHER" --m
     --model_path $OUT/student --tb_path $OUT/tb
 
 echo "== the table of these runs (helper.table) and their curves (helper.plot)"
-$PY -m helper.table $OUT/student $OUT/models --csv $OUT/table.csv
-$PY -m helper.plot $OUT/student/* $OUT/models/* --out $OUT/curves.png
+$PY -m helper.table $OUT/student $OUT/models --with_baselines --csv $OUT/table.csv
+$PY -m helper.plot $OUT/student $OUT/models --out $OUT/curves.png
