@@ -35,7 +35,7 @@ def test_signature_matches_peer(fn, expected):
 # ---- Distiller adapter --------------------------------------------------------------------------------------------
 
 def test_abound_init_trains_connector_on_stage_feats_and_main_stage_adds_nothing():
-    distiller = ABDistiller(options(ABDistiller), probe_for(), None, None)
+    distiller = ABDistiller(options(ABDistiller), probe_for(), StubStudent(), None)
     assert ABDistiller.needs.preact and ABDistiller.needs.init_stage
     out_s, out_t = outputs_for()
     student = StubStudent()
@@ -53,4 +53,9 @@ def test_abound_init_trains_connector_on_stage_feats_and_main_stage_adds_nothing
 @pytest.mark.parametrize("student", [((16, 32), (32, 16)), ((16, 32, 64), (8, 4, 2))], ids=["stages", "size"])
 def test_abound_rejects_incompatible_stages_at_construction(student):
     with pytest.raises(UserError):
-        ABDistiller(options(ABDistiller), probe_for(student=student), None, None)
+        ABDistiller(options(ABDistiller), probe_for(student=student), StubStudent(), None)
+
+
+def test_a_student_without_get_feat_modules_is_refused_in_one_line():
+    with pytest.raises(UserError, match=r"--distill abound needs the student's get_feat_modules\(\), which Linear"):
+        ABDistiller(options(ABDistiller), probe_for(), torch.nn.Linear(1, 1), None)

@@ -5,8 +5,8 @@ import torch
 from distiller_zoo.base import StepContext
 from distiller_zoo.FSP import FSP, FSPDistiller
 from helper.errors import UserError
-from tests.golden_classic2 import (E, GOLDEN, check_against_golden, grad_reaches, options, outputs_for, parameters_of,
-                                   probe_for, tensors)
+from tests.golden_classic2 import (E, GOLDEN, StubStudent, check_against_golden, grad_reaches, options, outputs_for,
+                                   parameters_of, probe_for, tensors)
 
 
 # ---- golden value and gradients -----------------------------------------------------------------------------------
@@ -32,7 +32,7 @@ def test_signature_matches_peer(fn, expected):
 
 def test_fsp_init_trains_student_on_all_maps_and_main_stage_adds_nothing():
     same = ((16, 32, 64), (32, 16, 8))
-    distiller = FSPDistiller(options(FSPDistiller), probe_for(student=same, teacher=same), None, None)
+    distiller = FSPDistiller(options(FSPDistiller), probe_for(student=same, teacher=same), StubStudent(), None)
     out_s, out_t = outputs_for(student=same, teacher=same)
     loss = distiller.init_loss(out_s, out_t, None, StepContext())
     loss.backward()
@@ -44,4 +44,4 @@ def test_fsp_init_trains_student_on_all_maps_and_main_stage_adds_nothing():
 
 def test_fsp_rejects_channel_mismatch_naming_the_maps():
     with pytest.raises(UserError, match=r"equal .*channel counts.*feats\[0\] 16 vs 32.*feats\[3\] 64 vs 128"):
-        FSPDistiller(options(FSPDistiller), probe_for(), None, None)
+        FSPDistiller(options(FSPDistiller), probe_for(), StubStudent(), None)
