@@ -45,7 +45,7 @@ NUMERICS_FILES = {
     "test_dist.py", "test_dkd.py", "test_fast.py", "test_fitnet.py", "test_fsp.py", "test_ft.py", "test_group.py",
     "test_hkd.py", "test_ickd.py", "test_irg.py", "test_kd.py", "test_kdsvd.py", "test_memory_dtype.py",
     "test_methods_train_step.py", "test_mlkd.py", "test_models_cifar.py", "test_models_imagenet.py",
-    "test_models_util.py", "test_nst.py", "test_ofd.py", "test_pkt.py", "test_plugin_ctkd.py", "test_plugin_dot.py",
+    "test_models_util.py", "test_nst.py", "test_ofd.py", "test_outside_teachers.py", "test_pkt.py", "test_plugin_ctkd.py", "test_plugin_dot.py",
     "test_plugin_logit_stand.py", "test_plugins.py", "test_reviewkd.py", "test_rkd.py", "test_semckd.py",
     "test_simkd.py", "test_sp.py", "test_srrl.py", "test_strong_aug.py", "test_train_student.py",
     "test_train_teacher.py", "test_vid.py",

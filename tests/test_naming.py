@@ -12,6 +12,7 @@ from helper.naming import protocol_flags, student_run_name
 from helper.options import finish_student_options, student_parser
 from helper.recipes import apply_recipe
 from helper.runs.protocol import experiment_flags
+from helper.tools import table
 
 FMNIST = "/usr/share/datasets/fashion-mnist"
 needs_data = pytest.mark.skipif(not os.path.isdir(FMNIST), reason="apt-get install dataset-fashion-mnist")
@@ -107,6 +108,10 @@ def test_a_sweep_as_a_plan_never_collides_and_a_rerun_is_refused_or_overwritten(
     assert len(os.listdir(tmp_path / "student")) == 12
     train_student.main(line + ["--overwrite"])
     assert len(os.listdir(tmp_path / "student")) == 12
+    _, rows = table.build([str(tmp_path / "student")])
+    cells = {row["label"]: row["n"] for row in rows if row["status"] == "finished"}
+    assert cells == {"kd": 2, "kd (--learning_rate 0.01)": 2, **{f"kd (--kd_T {t})": 2 for t in (2, 8)},
+                     **{f"kd (--kd_T {t} --learning_rate 0.01)": 2 for t in (2, 8)}}, cells
 
 
 @needs_data

@@ -66,7 +66,8 @@ def test_library_networks_keep_the_forward_contract(name, stages):
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         feats, logits = model(x, is_feat=True)
-        assert torch.allclose(logits, model(x), atol=1e-5)
+        direct = model(x)  # the library's forward: the same sums, maybe in another kernel order
+        torch.testing.assert_close(logits, direct, rtol=1e-4, atol=1e-4 * float(direct.abs().max().clamp(min=1)))
         _, preact_logits = model(x, is_feat=True, preact=True)
     assert logits.shape == (2, 10) and torch.equal(preact_logits, logits)
     assert all(f.dim() == 4 for f in feats[:-1]) and feats[-1].dim() == 2
@@ -74,7 +75,8 @@ def test_library_networks_keep_the_forward_contract(name, stages):
         assert len(feats) == stages + 2  # [stem, stage 1..n, pooled]
         assert [f.shape[-1] for f in feats[:-1]] == sorted({f.shape[-1] for f in feats[:-1]}, reverse=True)
     classifier = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    assert torch.allclose(classifier(feats[-1]), logits, atol=1e-5)  # pooled is what the classifier reads
+    again = classifier(feats[-1])  # pooled is what the classifier reads
+    torch.testing.assert_close(again, logits, rtol=1e-4, atol=1e-4 * float(logits.abs().max().clamp(min=1)))
 
 
 def test_library_names_work_wherever_model_names_do():
