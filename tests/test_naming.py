@@ -139,3 +139,30 @@ def test_a_run_in_a_folder_with_the_older_name_resumes_there(tmp_path, teacher):
     log = (tmp_path / "student" / old / "train.log").read_text()
     assert "continuing this run in " + old in log
     assert "--resume: --epochs 2, where the run was started with --epochs 1: it now trains to epoch 2" in log
+
+
+# train_student's flags that only some methods read (RepDistiller's shared method flags): each must be declared by
+# the methods that read it, never count for the others.
+METHOD_FLAGS = {"kd_T", "feat_dim", "mode", "nce_k", "nce_t", "nce_m", "memory_dtype", "percent", "hint_layer",
+                "init_epochs"}
+# What a method's file reads from `opt` but does not use: ICKD's loss class takes feat_dim from the Namespace its
+# Distiller builds (t_dim), never from the command line.
+NOT_READ = {"ICKD.py": {"feat_dim"}}
+
+
+def test_every_shared_flag_a_method_reads_is_declared():
+    """A method file that reads another method's or a shared method flag (opt.nce_k) must declare it in `reads`,
+    else its runs would not be split (or named) by it."""
+    import inspect
+    import sys as _sys
+
+    from distiller_zoo.base import distiller_registry
+    from helper.naming import method_flags, owned_flags
+    for name, cls in distiller_registry.items():
+        path = inspect.getsourcefile(_sys.modules[cls.__module__])
+        source = open(path).read()
+        read = set(re.findall(r"\bopt\.(\w+)", source)) | set(re.findall(r"getattr\(opt, \"(\w+)\"", source))
+        read = (read & (owned_flags() | METHOD_FLAGS)) - NOT_READ.get(os.path.basename(path), set())
+        missing = read - method_flags(cls) - ({"kd_T"} if name in ("kd",) else set())
+        assert not missing, f"--distill {name} reads {sorted(missing)}: add them to its `reads`"
+    assert METHOD_FLAGS <= owned_flags()
