@@ -340,3 +340,41 @@ def test_plot_of_a_folder_without_runs_is_one_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="holds no run folder"):
         plot.main([str(tmp_path / "empty")])
+
+
+# ---- --metric: helper.analyze's and helper.probe's numbers ---------------------------------------------------------
+def test_metric_tables_read_analysis_and_probe_files_and_bold_the_best_direction(tmp_path):
+    quickstart_like(tmp_path)
+    values = {"kd8_0": (90.0, 0.30), "kd8_1": (92.0, 0.20), "kd8_2": (95.0, 0.10), "crd8_0": (80.0, 0.05),
+              "crd8_1": (84.0, 0.15)}  # kd14 has none: its cell is '-'
+    for folder, (agreement, kl) in values.items():
+        (tmp_path / folder / "analysis.json").write_text(json.dumps({"agreement": agreement, "kl": kl}))
+    for folder, top1 in (("kd8_0", 50.0), ("kd8_1", 54.0)):
+        (tmp_path / folder / "probe.json").write_text(json.dumps({"stl10": {"top1": top1}}))
+
+    def cells(metric):
+        return student_cells(table.build([str(tmp_path)], metric=metric)[0], FMNIST)
+
+    kd = [values[f"kd8_{i}"] for i in range(3)]
+    crd = [values[f"crd8_{i}"] for i in range(2)]
+    agreement = cells("agreement")
+    mean_kd = statistics.fmean(a for a, _ in kd)
+    assert agreement[("resnet20 -> resnet8", "kd")] == f"{mean_kd:.2f} ± {sample_std([a for a, _ in kd]):.2f} (n=3)"
+    assert agreement[("resnet20 -> resnet8", "crd (-a 1 --nce_k 1024)")].startswith(
+        f"{statistics.fmean(a for a, _ in crd):.2f} ± ")
+    assert agreement[("resnet20 -> resnet14", "kd")] == "-"
+    kl = cells("kl")
+    assert kl[("resnet20 -> resnet8", "crd (-a 1 --nce_k 1024)")].startswith("0.10 ± 0.07 (n=2)")
+    assert kl[("resnet20 -> resnet8", "kd")].startswith("0.20 ± 0.10 (n=3)")
+    rows = {line.split("|")[1].strip(): line for line in table.build([str(tmp_path)], metric="kl")[0].splitlines()
+            if line.startswith("| resnet20 -> ")}
+    assert "**0.10 ± 0.07**" in rows["resnet20 -> resnet8"] and "**0.20" not in rows["resnet20 -> resnet8"]  # lower wins
+    agreement_rows = [line for line in table.build([str(tmp_path)], metric="agreement")[0].splitlines()
+                      if line.startswith("| resnet20 -> resnet8 ")]
+    assert f"**{mean_kd:.2f} ± " in agreement_rows[0]  # higher wins
+    probe = cells("probe_stl10")
+    assert probe[("resnet20 -> resnet8", "kd")] == "52.00 ± 2.83 (n=2)"
+    text = table.build([str(tmp_path)], metric="kl")[0]
+    assert "--metric kl: mean KL(teacher || student)" in text and "lower is better" in text
+    with pytest.raises(UserError, match="unknown --metric 'agreemnt'; choose one of: top1, agreement"):
+        table.main([str(tmp_path), "--metric", "agreemnt"])

@@ -94,6 +94,8 @@ class Run:
     seed: Optional[int] = None
     last_acc: Optional[float] = None
     best_acc: Optional[float] = None
+    analysis: dict = field(default_factory=dict)  # analysis.json (helper.analyze), {} when there is none
+    probes: dict = field(default_factory=dict)    # probe.json (helper.probe), {} when there is none
 
     @property
     def is_student(self):
@@ -158,7 +160,60 @@ def run_from_files(folder, strict_log=True):
         run.last_acc = records[-1].get("test_acc")
     if run.status == "finished" and (run.last_acc is None or run.best_acc is None):
         run.status, run.reason = "unfinished", "results.json holds no accuracy"
+    run.analysis, run.probes = metric_file(folder, "analysis.json"), metric_file(folder, "probe.json")
     return run
+
+
+def metric_file(folder, name):
+    """<folder>/<name> (helper.analyze's or helper.probe's results) as a dict; {} when absent or unreadable (a
+    metric it lacks is then reported as missing)."""
+    try:
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            content = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+# ---- metrics (--metric) --------------------------------------------------------------------------------------------
+# name: (what the cells hold, whether higher is better, the value of one run or None)
+METRICS = {
+    "top1": ("top-1 test accuracy (%)", True, None),
+    "agreement": ("top-1 agreement with the teacher (%, helper.analyze)", True, lambda r: r.analysis.get("agreement")),
+    "agreement_train": ("top-1 agreement with the teacher on the training images (%, helper.analyze)", True,
+                        lambda r: r.analysis.get("agreement_train")),
+    "kl": ("mean KL(teacher || student) at T = 1 (helper.analyze)", False, lambda r: r.analysis.get("kl")),
+    "kl_train": ("mean KL(teacher || student) at T = 1 on the training images (helper.analyze)", False,
+                 lambda r: r.analysis.get("kl_train")),
+    "ece": ("expected calibration error (%, helper.analyze)", False,
+            lambda r: (r.analysis.get("student") or {}).get("ece")),
+    "nll": ("negative log-likelihood (helper.analyze)", False, lambda r: (r.analysis.get("student") or {}).get("nll")),
+    "brier": ("Brier score (helper.analyze)", False, lambda r: (r.analysis.get("student") or {}).get("brier")),
+    "logit_diff": ("mean class-mean logit difference to the teacher (helper.analyze)", False,
+                   lambda r: r.analysis.get("logit_diff_mean")),
+    "cka_last": ("linear CKA of the last stages of teacher and student (helper.analyze)", True,
+                 lambda r: r.analysis.get("cka_last")),
+}
+
+
+def metric_spec(metric):
+    """(description, higher is better, value of a run) of --metric `metric` (probe_<target>: helper.probe's top-1)."""
+    if metric.startswith("probe_") and len(metric) > len("probe_"):
+        target = metric[len("probe_"):]
+        return (f"linear-probe top-1 on {target} (%, helper.probe)", True,
+                lambda r: (r.probes.get(target) or {}).get("top1"))
+    if metric not in METRICS:
+        raise UserError(f"unknown --metric {metric!r}; choose one of: {', '.join(METRICS)}, or probe_<target> "
+                        "(e.g. probe_stl10)")
+    return METRICS[metric]
+
+
+def run_value(run, select, metric="top1"):
+    """The number of one run for a cell: its last- or best-epoch top-1, or its --metric value (None when missing)."""
+    if metric == "top1":
+        return run.best_acc if select == "best" else run.last_acc
+    value = metric_spec(metric)[2](run)
+    return float(value) if is_number(value) else None
 
 
 def is_run_folder(path):
@@ -390,8 +445,10 @@ def stat_of(values, select):
     return Stat(*mean_std(values), len(values))
 
 
-def group_stat(group, select):
-    return stat_of((r.best_acc if select == "best" else r.last_acc for r in group.runs), select)
+def group_stat(group, select, metric="top1"):
+    """The Stat of a group's runs; None when no run has the metric."""
+    values = [v for v in (run_value(r, select, metric) for r in group.runs) if v is not None]
+    return stat_of(values, select) if values else None
 
 
 def fmt_std(std):
@@ -408,7 +465,10 @@ class Cell:
 
 
 def stat_cell(stat, select, paper=None, method=None, recorded=False):
-    """`74.07 ± 0.45 (n=3)` (a median: `74.10 (n=3)`), plus the published number where there is one."""
+    """`74.07 ± 0.45 (n=3)` (a median: `74.10 (n=3)`), plus the published number where there is one; empty for no
+    value (a metric no run of the group has)."""
+    if stat is None:
+        return Cell(rest="-")
     number = f"{stat.value:.2f}" + ("" if select == "median" else f" ± {fmt_std(stat.std)}")
     rest = f" (n={stat.n}{', recorded' if recorded else ''})"
     if paper is not None:  # the paper's method named when it is not the column's (CRD -a 1: "crd+kd")
@@ -417,12 +477,14 @@ def stat_cell(stat, select, paper=None, method=None, recorded=False):
     return Cell(number, rest, round(stat.value, 2))
 
 
-def bold_best(cells):
-    """Mark the highest cells of a row (two or more numbers) bold."""
+def bold_best(cells, higher_is_better=True):
+    """Mark the best cells of a row (two or more numbers) bold: the highest, or the lowest for a metric where lower
+    is better (KL, ECE...)."""
     values = [c.value for c in cells if c.value is not None]
     if len(values) > 1:
+        best = max(values) if higher_is_better else min(values)
         for cell in cells:
-            cell.bold = cell.value == max(values)
+            cell.bold = cell.value == best
 
 
 # ---- the report ----------------------------------------------------------------------------------------------------
@@ -433,6 +495,7 @@ class Settings:
     paper: bool = False
     baselines: bool = False
     columns: Optional[List[str]] = None
+    metric: str = "top1"
 
 
 @dataclass
@@ -472,8 +535,15 @@ SELECTED = {"last": "the last-epoch top-1, mean ± sample std (n-1; '-' for one 
 
 def heading(settings):
     """The sentences that say what the cells hold: the first of every table, then those of the student tables."""
-    sentences = [f"Top-1 test accuracy (%), --select {settings.select}: {SELECTED[settings.select]} over the n seeds "
-                 "of one protocol (same teacher file and protocol flags; a seed run twice counts once).",
+    if settings.metric == "top1":
+        first = f"Top-1 test accuracy (%), --select {settings.select}: {SELECTED[settings.select]}"
+    else:
+        what, higher, _ = metric_spec(settings.metric)
+        how = "the median" if settings.select == "median" else "mean ± sample std"
+        first = (f"--metric {settings.metric}: {what}, {how} ({'higher' if higher else 'lower'} is better; n counts "
+                 "the runs that have it, '-' none)")
+    sentences = [f"{first} over the n seeds of one protocol (same teacher file and protocol flags; a seed run twice "
+                 "counts once).",
                  "Columns: the method and its flags that differ from its recipe for the pair; bold: the best method "
                  "of each row."]
     if settings.baselines:
@@ -526,7 +596,7 @@ def student_table(report, dataset, groups, common, teachers):
         if not row_groups:
             continue
         method_cells = [student_cell(report, cells.get((pair, c))) for c in columns]
-        bold_best(method_cells)
+        bold_best(method_cells, metric_spec(settings.metric)[1])
         baselines = baseline_cells(report, dataset, pair, row_groups, teachers) if settings.baselines else []
         rows.append([Cell(rest=f"{pair[0]} -> {pair[1]}")] + baselines + method_cells)
     if rows:
@@ -538,11 +608,11 @@ def student_table(report, dataset, groups, common, teachers):
 def student_cell(report, group):
     if group is None:
         return Cell()
-    select = report.settings.select
-    paper = report.add_paper(student_paper(group)) if report.settings.paper else None
+    select, metric = report.settings.select, report.settings.metric
+    paper = report.add_paper(student_paper(group)) if report.settings.paper and metric == "top1" else None
     report.rows.append(csv_row("student", group, select, paper, teacher=group.pair[0], model=group.pair[1],
-                               method=method_name(group.flags)))
-    return stat_cell(group_stat(group, select), select, paper, method_name(group.flags))
+                               method=method_name(group.flags), metric=metric))
+    return stat_cell(group_stat(group, select, metric), select, paper, method_name(group.flags))
 
 
 def student_paper(group):
@@ -597,19 +667,19 @@ def scratch_group(candidates, row_groups):
 
 
 def baseline_cell(report, group, pair, label):
-    select, model = report.settings.select, group.flags.get("model", "?")
+    select, model, metric = report.settings.select, group.flags.get("model", "?"), report.settings.metric
     report.used_teachers.append(group)
-    paper = report.add_paper(vanilla_paper(model, group.dataset)) if report.settings.paper else None
+    paper = report.add_paper(vanilla_paper(model, group.dataset)) if report.settings.paper and metric == "top1" else None
     report.rows.append(csv_row("baseline", group, select, paper, teacher=pair[0], model=pair[1], method="vanilla",
-                               label=label))
-    return stat_cell(group_stat(group, select), select, paper, "vanilla")
+                               label=label, metric=metric))
+    return stat_cell(group_stat(group, select, metric), select, paper, "vanilla")
 
 
 def recorded_teacher_cell(report, dataset, pair, row_groups):
     """The teacher accuracy the row's students recorded, one value per teacher file; empty when none did."""
     recorded = {r.teacher_id: r.teacher.get("accuracy") for g in row_groups for r in g.runs
                 if is_number((r.teacher or {}).get("accuracy"))}
-    if not recorded:
+    if not recorded or report.settings.metric != "top1":
         return Cell()
     select = report.settings.select
     stat = stat_of(recorded.values(), "median" if select == "median" else "last")
@@ -628,16 +698,18 @@ def teacher_table(report, groups):
     for group in groups:
         paper = report.add_paper(vanilla_paper(group.flags.get("model"), group.dataset)) if settings.paper else None
         texts = [group.label, *(str(group.flags.get(k, "?")) for k in TEACHER_KEYS[1:])]
-        rows.append([Cell(rest=t) for t in texts] + [stat_cell(group_stat(group, settings.select), settings.select)]
+        rows.append([Cell(rest=t) for t in texts]
+                    + [stat_cell(group_stat(group, settings.select, settings.metric), settings.select)]
                     + ([Cell(rest="" if paper is None else f"{paper.value:.2f}")] if settings.paper else []))
         report.rows.append(csv_row("teacher", group, settings.select, paper, model=group.flags.get("model", "?"),
-                                   method="vanilla"))
+                                   method="vanilla", metric=settings.metric))
     header = ["model", "dataset", "lr", "wd", "epochs", "top-1 (n)"] + (["paper"] if settings.paper else [])
     report.tables.append(Table("Teachers and vanilla students", [], header, rows, report.heading[:1]))
 
 
 # ---- CSV rows ------------------------------------------------------------------------------------------------------
-CSV_FIELDS = ["kind", "dataset", "teacher", "model", "method", "label", "status", "n", "select", "value", "std",
+CSV_FIELDS = ["kind", "dataset", "teacher", "model", "method", "label", "status", "n", "metric", "select", "value",
+              "std",
               "last_mean", "last_std", "best_mean", "best_std", "paper", "paper_method", "paper_verified", "folders",
               "reason"]
 
@@ -647,13 +719,15 @@ def csv_number(value):
 
 
 def csv_stat(stat, select):
+    if stat is None:  # no run of the group has the metric
+        return {"n": 0, "select": select, "value": "", "std": ""}
     return {"n": stat.n, "select": select, "value": csv_number(stat.value), "std": csv_number(stat.std)}
 
 
-def csv_row(kind, group, select, paper, teacher="", model="", method="", label=None):
+def csv_row(kind, group, select, paper, teacher="", model="", method="", label=None, metric="top1"):
     last = mean_std([r.last_acc for r in group.runs])
     best = mean_std([r.best_acc for r in group.runs])
-    return {**csv_stat(group_stat(group, select), select), "kind": kind, "dataset": group.dataset,
+    return {**csv_stat(group_stat(group, select, metric), select), "metric": metric, "kind": kind, "dataset": group.dataset,
             "teacher": teacher, "model": model, "method": method, "label": group.label if label is None else label,
             "status": "finished", "last_mean": csv_number(last[0]), "last_std": csv_number(last[1]),
             "best_mean": csv_number(best[0]), "best_std": csv_number(best[1]),
@@ -778,9 +852,10 @@ def latex(report):
 FORMATS = {"md": markdown, "latex": latex, "csv": lambda report: csv_text(report.rows)}
 
 
-def build(paths, with_paper=False, select="last", with_baselines=False, columns=None, fmt="md"):
+def build(paths, with_paper=False, select="last", with_baselines=False, columns=None, fmt="md", metric="top1"):
     """(the table as text in format `fmt`, the CSV rows) of the run folders in or under `paths`."""
-    report = build_report(paths, Settings(select, with_paper, with_baselines, columns))
+    metric_spec(metric)
+    report = build_report(paths, Settings(select, with_paper, with_baselines, columns, metric))
     return FORMATS[fmt](report), report.rows
 
 
@@ -815,8 +890,15 @@ def main(argv=None):
                         help="put the teacher's and the from-scratch student's top-1 on each row (train_teacher.py "
                              "runs among the folders), as CRD's Table 1")
     parser.add_argument("--paper", action="store_true", help="add the published CIFAR-100 top-1 where one exists")
+    parser.add_argument("--metric", default="top1",
+                        help="what the cells hold: top1 (default), the numbers of helper.analyze (agreement, kl, "
+                             "agreement_train, kl_train, ece, nll, brier, logit_diff, cka_last; analysis.json in each "
+                             "run folder) or probe_<target> (helper.probe's linear-probe top-1, probe.json); lower is "
+                             "better for kl, ece, nll, brier and logit_diff (bold: the lowest)")
     args = parser.parse_args(argv)
-    report = build_report(args.folders, Settings(args.select, args.paper, args.with_baselines, args.columns))
+    metric_spec(args.metric)  # an unknown --metric: one line before any folder is read
+    report = build_report(args.folders, Settings(args.select, args.paper, args.with_baselines, args.columns,
+                                                 args.metric))
     text = FORMATS[args.fmt](report)
     if args.csv:
         write_output(args.csv, "--csv", lambda path: write_text_atomic(path, csv_text(report.rows)))
