@@ -11,8 +11,8 @@ LAYERS = [  # lowest first: a module may import its own layer and those below
     ("plugins", ("helper.plugins",)),
     ("student", ("helper.student", "helper.recipes")),
     ("session", ("helper.session", "helper.options", "helper.naming")),
-    ("tools", ("helper.tools", "helper.table", "helper.plot", "helper.evaluate", "helper.verify_teacher",
-               "helper.launch")),
+    ("tools", ("helper.tools", "helper.table", "helper.plot", "helper.evaluate", "helper.probe",
+               "helper.verify_teacher", "helper.launch", "helper.analyze")),
 ]
 # Names the peers' users import from distiller_zoo, re-exported from the plug-in that owns them.
 COMPATIBILITY_REEXPORTS = {("distiller_zoo.CTKD", "helper.plugins.ctkd"), ("distiller_zoo", "helper.plugins")}
