@@ -9,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
     "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c "import torch, torchvision, numpy, tqdm, tensorboard, PIL, pytest, matplotlib, submitit, timm" 2>/dev/null; then
+if ! .venv/bin/python -c "import torch, torchvision, numpy, tqdm, tensorboard, PIL, pytest, matplotlib, submitit, timm, sklearn" 2>/dev/null; then
     echo "setup: installing requirements.txt into .venv (torch is large: a few minutes)"
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -r requirements.txt
