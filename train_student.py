@@ -10,6 +10,8 @@ helper/session/student.py, and helper/session the lifecycle every run shares.
 import sys
 
 from helper import session
+from helper.engine import distributed
+from helper.naming import student_folders
 from helper.options import (
     explicit_dests,
     finish_student_options,
@@ -44,7 +46,21 @@ def main(argv=None):
     runs = plan_runs(argv, lambda args: finish_student_options(parser.parse_args(args)),
                      lambda args: explicit_dests(parser, args),
                      lambda args: finish_student_options(line_parser.parse_args(args)))
-    return session.run(lambda: student_plan(runs))
+    states = session.run(lambda: student_plan(runs))
+    if states is not None and distributed.is_main_process():
+        analyze_finished(runs)
+    return states
+
+
+def analyze_finished(runs):
+    """--analyze: helper.analyze on the run folder of each student that asked for it, once training has ended."""
+    asked = [run.opt for run in runs if run.opt.analyze]
+    if asked:
+        from helper.tools import analyze  # matplotlib and scikit-learn only when asked for
+        for opt in asked:
+            folder = student_folders(opt, opt.model_t)[0]
+            analyze.main([folder, "--device", str(opt.device), "--num_workers", str(opt.num_workers),
+                          "--test_subset", str(opt.test_subset)])
 
 
 if __name__ == "__main__":

@@ -314,6 +314,9 @@ def student_parser(shown_methods=None):
                    help="TensorBoard logs (./save/student_tensorboards)")
     p.add_argument("--dry_run", action="store_true",
                    help="build data, models and method, check the run folders, run no step, exit")
+    p.add_argument("--analyze", action="store_true",
+                   help="at the end, run helper.analyze on each student of the command (analysis.json and its figures "
+                        "in the run folder: fidelity to the teacher, calibration, CKA, t-SNE)")
     p.add_argument("--run_name", type=str, default=None,
                    help="the run folder's name, instead of the one made from the flags that differ (helper/naming.py)")
     p.add_argument("--tag", type=str, default=None,

@@ -153,3 +153,15 @@ def test_bad_input_is_one_line_naming_the_flag_or_file(runs, tmp_path):
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [f"error: {scratch}/resnet8_last.pth records no teacher (a "
                                                  "train_teacher.py run?); pass --teacher T to compare it with one"]
+
+
+def test_analyze_at_the_end_of_a_run_writes_its_analysis(tmp_path, teacher):
+    """train_student.py --analyze: the run folder holds analysis.json and its figures once training has ended."""
+    train_student.main(["--path_t", teacher, "--model_s", "resnet8", "--dataset", "fashion_mnist", "--subset", "128",
+                        "--test_subset", "60", "--batch_size", "64", "--epochs", "1", "--device", "cpu",
+                        "--num_workers", "0", "--no_progress", "--model_path", str(tmp_path / "student"),
+                        "--tb_path", str(tmp_path / "tb"), "--analyze"])
+    (folder,) = (tmp_path / "student").iterdir()
+    result = json.load(open(folder / "analysis.json"))
+    assert result["images"] == 60 and 0 <= result["agreement"] <= 100
+    assert all((folder / name).stat().st_size > 0 for name in result["files"].values())

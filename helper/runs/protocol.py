@@ -14,7 +14,7 @@ NOT_PROTOCOL = frozenset({
     "model_path", "tb_path", "print_freq", "tb_freq", "save_freq", "num_workers", "resume", "overwrite",
     "allow_batch_change", "dry_run", "no_progress", "trial", "seed", "device", "rank", "distributed", "world_size",
     "plan", "plot", "data_root", "path_t", "model_name", "save_folder", "tb_folder", "recipe_applied", "explicit",
-    "plan_line", "cpu_malloc", "cpu_malloc_tuned", "from_run", "run_name", "repdistiller_names", "no_recipe",
+    "plan_line", "cpu_malloc", "cpu_malloc_tuned", "from_run", "run_name", "repdistiller_names", "no_recipe", "analyze",
 })
 
 
