@@ -100,10 +100,14 @@ def parse_trials(text):
     return trials
 
 
-def expand(student_argv, trials, group_size, folder):
-    """The jobs of a request: [{"name", "argv", "folders", "labels"}], every student checked, nothing written."""
+def check_group_size(group_size):
     if group_size < 1:
         raise UserError(f"--group_size must be at least 1, got {group_size}")
+
+
+def expand(student_argv, trials, group_size, folder):
+    """The jobs of a request: [{"name", "argv", "folders", "labels"}], every student checked, nothing written."""
+    check_group_size(group_size)
     parser = one_line_errors(student_parser())
     argv = absolute_paths(student_argv)
     jobs, arch = [], None
@@ -182,14 +186,10 @@ def slurm_partitions():
     return set(out.stdout.split()) if out.returncode == 0 else None
 
 
-def check_executor_name(args):
-    if args.executor not in EXECUTORS:
-        raise UserError(f"unknown --executor {args.executor!r}; choose one of: {', '.join(EXECUTORS)}")
-
-
 def check_executor(args):
     """The executor's name, then (for slurm) that SLURM answers here."""
-    check_executor_name(args)
+    if args.executor not in EXECUTORS:
+        raise UserError(f"unknown --executor {args.executor!r}; choose one of: {', '.join(EXECUTORS)}")
     if args.executor == "slurm":
         known = slurm_partitions()
         if known is None:
@@ -309,10 +309,10 @@ def launch(args, student_argv):
     if os.path.isfile(os.path.join(folder, MANIFEST)):
         raise UserError(f"{folder} already holds a launch; use --status {args.folder} or --resume {args.folder}, "
                         "or another --folder")
-    trials = parse_trials(args.trials)
-    check_executor_name(args)
-    jobs = expand(student_argv, trials, args.group_size, folder)  # every flag checked before the machine is asked
+    trials = parse_trials(args.trials)  # the launcher's own flags, then the machine, then every student's flags
+    check_group_size(args.group_size)
     check_executor(args)
+    jobs = expand(student_argv, trials, args.group_size, folder)
     os.makedirs(folder, exist_ok=True)
     write_plans(folder, jobs)
     commit = git_commit()
