@@ -310,8 +310,9 @@ def measure(network, data, opt):
     return top1, top5, loss, confusion
 
 
-def evaluate(args):
-    """Evaluate args.checkpoint -> the result as a dict (the --json line); writes the CSVs asked for."""
+def read_checkpoint(args):
+    """(checkpoint dict, its state_dict, its architecture as a Fact) of args.checkpoint, checked: one line for a file
+    that is not a checkpoint of a known network."""
     path = args.checkpoint
     ckpt = plain_options(load_checkpoint(path))
     check_recorded_fields(ckpt, path)
@@ -319,7 +320,13 @@ def evaluate(args):
         state_dict = extract_state_dict(ckpt)
     except UserError as e:
         raise UserError(f"{path}: {e}") from None
-    arch = resolve_arch(ckpt, path, *arch_flag(args))
+    return ckpt, state_dict, resolve_arch(ckpt, path, *arch_flag(args))
+
+
+def evaluate(args):
+    """Evaluate args.checkpoint -> the result as a dict (the --json line); writes the CSVs asked for."""
+    path = args.checkpoint
+    ckpt, state_dict, arch = read_checkpoint(args)
     dataset = resolve_dataset(ckpt, args.dataset, path)
     classes = resolve_classes(ckpt, state_dict, arch.value, args.num_classes, path)
     use_head = recorded(ckpt, "eval_head") is not None and not args.no_head

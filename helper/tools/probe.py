@@ -48,23 +48,13 @@ from helper.engine.lr import lr_at_epoch, parse_decay_epochs, set_lr
 from helper.errors import UserError
 from helper.options import run_cli
 from helper.runs.files import (
-    extract_state_dict,
     file_sha256,
-    load_checkpoint,
     load_weights,
     save_atomic,
     write_text_atomic,
 )
 from helper.student.teacher import DATASET_NORMALISATION, InputSpec, dataset_input, expected_input, fmt
-from helper.tools.evaluate import (
-    Fact,
-    arch_flag,
-    check_recorded_fields,
-    plain_options,
-    recorded,
-    resolve_arch,
-    resolve_classes,
-)
+from helper.tools.evaluate import Fact, read_checkpoint, recorded, resolve_classes
 from helper.util import resolve_device
 from models import build_model, input_size
 from models.external import is_external
@@ -270,13 +260,7 @@ def resolve_trained_on(ckpt, flag, path, arch):
 def load_frozen(args, device):
     """Build and load the checkpoint's network (eval mode, no gradients) and resolve what it expects to see."""
     path = args.checkpoint
-    ckpt = plain_options(load_checkpoint(path))
-    check_recorded_fields(ckpt, path)
-    try:
-        state_dict = extract_state_dict(ckpt)
-    except UserError as e:
-        raise UserError(f"{path}: {e}") from None
-    arch = resolve_arch(ckpt, path, *arch_flag(args))
+    ckpt, state_dict, arch = read_checkpoint(args)
     trained_on = resolve_trained_on(ckpt, args.trained_on, path, arch.value)
     classes = resolve_classes(ckpt, state_dict, arch.value, args.num_classes, path) or \
         Fact(TRAINED_CLASSES[trained_on.value], f"assumed: the classes of {trained_on.value}")
