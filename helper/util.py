@@ -77,3 +77,11 @@ def flag_text(dest, value):
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return f"{flag} {value}"
+
+
+def check_at_least(args, bounds):
+    """One line for the first flag of `bounds` ((dest, lowest allowed value), ...) below its bound; None passes."""
+    for flag, low in bounds:
+        value = getattr(args, flag)
+        if value is not None and value < low:
+            raise UserError(f"--{flag} must be at least {low}, got {value}")

@@ -76,7 +76,7 @@ from helper.tools.evaluate import (  # noqa: E402
     resolve_dataset,
 )
 from helper.tools.table import find_run_folders, read_run  # noqa: E402
-from helper.util import is_integer, resolve_device  # noqa: E402
+from helper.util import check_at_least, is_integer, resolve_device  # noqa: E402
 from models import build_model  # noqa: E402
 
 log = logging.getLogger("kd")
@@ -130,11 +130,8 @@ def build_parser():
 
 
 def check_args(args):
-    for flag, low in (("ece_bins", 1), ("tsne_samples", 1), ("test_subset", 0), ("train_subset", 0),
-                      ("batch_size", 1), ("num_workers", 0)):
-        value = getattr(args, flag)
-        if value is not None and value < low:
-            raise UserError(f"--{flag} must be at least {low}, got {value}")
+    check_at_least(args, (("ece_bins", 1), ("tsne_samples", 1), ("test_subset", 0), ("train_subset", 0),
+                          ("batch_size", 1), ("num_workers", 0)))
 
 
 def tsne_classes(text, num_classes):

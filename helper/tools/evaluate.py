@@ -37,7 +37,7 @@ from helper.student.teacher import (
     parse_teacher_input,
     teacher_name_from_path,
 )
-from helper.util import is_integer, resolve_device
+from helper.util import check_at_least, is_integer, resolve_device
 from models import build_model, check_model_name, input_size, model_dict
 
 DEFAULT_DATASET = "cifar100"
@@ -400,10 +400,7 @@ def report(result):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    for flag, low in (("batch_size", 1), ("num_classes", 1), ("test_subset", 0), ("num_workers", 0)):
-        value = getattr(args, flag)
-        if value is not None and value < low:
-            raise UserError(f"--{flag} must be at least {low}, got {value}")
+    check_at_least(args, (("batch_size", 1), ("num_classes", 1), ("test_subset", 0), ("num_workers", 0)))
     parse_teacher_input(args.input, "--input")
     result = evaluate(args)
     print(json.dumps(result) if args.json else report(result))

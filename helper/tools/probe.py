@@ -55,7 +55,7 @@ from helper.runs.files import (
 )
 from helper.student.teacher import DATASET_NORMALISATION, InputSpec, dataset_input, expected_input, fmt
 from helper.tools.evaluate import Fact, read_checkpoint, recorded, resolve_classes
-from helper.util import resolve_device
+from helper.util import check_at_least, resolve_device
 from models import build_model, input_size
 from models.external import is_external
 
@@ -214,11 +214,8 @@ def build_parser():
 
 
 def check_flags(args):
-    for flag, low in (("epochs", 1), ("batch_size", 1), ("feature_batch_size", 1), ("subset", 0),
-                      ("test_subset", 0), ("num_classes", 1)):
-        value = getattr(args, flag)
-        if value is not None and value < low:
-            raise UserError(f"--{flag} must be at least {low}, got {value}")
+    check_at_least(args, (("epochs", 1), ("batch_size", 1), ("feature_batch_size", 1), ("subset", 0),
+                          ("test_subset", 0), ("num_classes", 1)))
     for flag, positive in (("learning_rate", True), ("lr_decay_rate", True), ("momentum", False),
                            ("weight_decay", False)):
         value = getattr(args, flag)
